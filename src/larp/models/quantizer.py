@@ -1,0 +1,124 @@
+"""LARP's bottleneck: a linear projection to a small space, then (stochastic) vector quantization.
+
+Reference: LARP.md A.5. Legend: b = batch, n = tokens, d = model width, c = code width (16), K = codebook size.
+
+Both the latents and the codebook are L2-normalised, so codes are chosen by cosine similarity:
+deterministically by argmax, or stochastically by sampling from softmax(cos / temperature) (SVQ, the
+paper's default for training, temperature 0.03). The quantized vectors pass gradients straight through
+to the encoder; the codebook learns only from the codebook loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class QuantizerConfig:
+    codebook_size: int = 8192
+    code_dim: int = 16  # the official "bottleneck_dim"
+    stochastic: bool = True  # training-time mode: sample codes (SVQ) or take the nearest; inference chooses per call
+    temperature: float = 0.03  # softmax temperature of stochastic quantization
+    commitment_weight: float = 0.25  # inside loss_q: 0.25 * commit + 1.0 * codebook (LARP.md A.5)
+    codebook_weight: float = 1.0
+
+
+@dataclass
+class QuantizerOutput:
+    """What the quantizer returns (tensors float32).
+
+    Attributes:
+        codes: (b, n, c) quantized unit vectors, with a straight-through gradient to ``z``.
+        indices: (b, n) int64 code ids.
+        z: (b, n, c) the L2-normalised inputs.
+        loss: weighted VQ loss ``commitment_weight * commitment + codebook_weight * codebook``.
+        commitment: mean((sg(q) - z)^2).
+        codebook: mean((q - sg(z))^2).
+    """
+
+    codes: torch.Tensor
+    indices: torch.Tensor
+    z: torch.Tensor
+    loss: torch.Tensor
+    commitment: torch.Tensor
+    codebook: torch.Tensor
+
+
+class VectorQuantizer(nn.Module):
+    """Cosine-similarity VQ with an L2-normalised codebook (the official ``SimpleVectorQuantizer``).
+
+    The codebook stays in float32 whatever dtype the model is cast to: in bf16 the argmax over 8192
+    nearly-equal cosines would flip, and the official code runs all VQ math in fp32 (LARP.md A.10).
+    """
+
+    def __init__(self, config: QuantizerConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.codebook_size, config.code_dim)
+
+    def _apply(self, fn, recurse=True):
+        weight = self.embedding.weight
+        super()._apply(fn, recurse)
+        moved = self.embedding.weight
+        if moved.dtype != torch.float32 and weight.dtype == torch.float32 and moved.is_floating_point():
+            self.embedding.weight.data = weight.data.to(device=moved.device)
+        return self
+
+    def normalized_codebook(self) -> torch.Tensor:
+        """(K, c) float32 unit-norm codebook."""
+        return F.normalize(self.embedding.weight.float(), dim=-1)
+
+    def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """(b, n) int ids -> (b, n, c) float32 unit-norm code vectors."""
+        return F.normalize(self.embedding(indices).float(), dim=-1)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        *,
+        stochastic: bool,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> QuantizerOutput:
+        """Quantize ``z`` (b, n, c) of any float dtype; all math runs in float32.
+
+        Args:
+            stochastic: sample codes from softmax(cos / temperature); otherwise take the argmax.
+            temperature: overrides ``config.temperature`` for stochastic sampling.
+            generator: RNG for reproducible stochastic sampling.
+        """
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = F.normalize(z.float(), dim=-1)
+            codebook = self.normalized_codebook()
+            cos = z.reshape(-1, z.shape[-1]) @ codebook.t()  # (b*n, K)
+            if stochastic:
+                temp = self.config.temperature if temperature is None else temperature
+                probs = torch.softmax(cos * (1.0 / temp), dim=-1)
+                indices = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                indices = cos.argmax(dim=-1)
+            indices = indices.view(z.shape[:-1])
+            q = codebook[indices]
+            commitment = F.mse_loss(z, q.detach())
+            codebook_loss = F.mse_loss(q, z.detach())
+            loss = self.config.commitment_weight * commitment + self.config.codebook_weight * codebook_loss
+            codes = z + (q - z).detach()
+        return QuantizerOutput(codes, indices, z, loss, commitment, codebook_loss)
+
+
+class Bottleneck(nn.Module):
+    """in_linear (d -> c), vector quantization, out_linear (c -> d_dec). Key names as the official module."""
+
+    def __init__(self, in_dim: int, out_dim: int, config: QuantizerConfig):
+        super().__init__()
+        self.in_linear = nn.Linear(in_dim, config.code_dim)
+        self.out_linear = nn.Linear(config.code_dim, out_dim)
+        self.regularizer = VectorQuantizer(config)
+
+    def codes_to_latents(self, codes: torch.Tensor) -> torch.Tensor:
+        """(b, n, c) float32 codes -> (b, n, d_dec) decoder latents in the module's dtype."""
+        return self.out_linear(codes.to(self.out_linear.weight.dtype))
