@@ -61,11 +61,11 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(config.codebook_size, config.code_dim)
 
     def _apply(self, fn, recurse=True):
-        weight = self.embedding.weight
+        original = self.embedding.weight.data  # a separate tensor object: survives the in-place conversion
         super()._apply(fn, recurse)
         moved = self.embedding.weight
-        if moved.dtype != torch.float32 and weight.dtype == torch.float32 and moved.is_floating_point():
-            self.embedding.weight.data = weight.data.to(device=moved.device)
+        if original.dtype == torch.float32 and moved.dtype != torch.float32 and moved.is_floating_point():
+            moved.data = original.to(device=moved.device)
         return self
 
     def normalized_codebook(self) -> torch.Tensor:

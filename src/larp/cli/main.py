@@ -1,0 +1,51 @@
+"""The ``larp`` command: argument parsing and dispatch. Each subcommand lives in its own module.
+
+Every subcommand fails with one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from larp import __version__
+from larp.cli import tokenizer_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="larp",
+        description="LARP: discrete video tokenization and autoregressive video generation.",
+    )
+    parser.add_argument("--version", action="version", version=f"larp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print results and errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    tokenizer_commands.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("larp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # one line for users; the traceback on request
+        if args.debug:
+            raise
+        message = str(error).strip().replace("\n", " ") or type(error).__name__
+        print(f"larp {args.command}: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
