@@ -95,12 +95,14 @@ class VectorQuantizer(nn.Module):
             z = F.normalize(z.float(), dim=-1)
             codebook = self.normalized_codebook()
             cos = z.reshape(-1, z.shape[-1]) @ codebook.t()  # (b*n, K)
+            temp = self.config.temperature if temperature is None else temperature
+            probs = torch.softmax(cos * (1.0 / temp), dim=-1)
             if stochastic:
-                temp = self.config.temperature if temperature is None else temperature
-                probs = torch.softmax(cos * (1.0 / temp), dim=-1)
                 indices = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             else:
-                indices = cos.argmax(dim=-1)
+                # The nearest code; taken on the probabilities, as the official code does, so that float32
+                # near-ties (cosines within ~1e-9) resolve to the same index.
+                indices = probs.argmax(dim=-1)
             indices = indices.view(z.shape[:-1])
             q = codebook[indices]
             commitment = F.mse_loss(z, q.detach())
