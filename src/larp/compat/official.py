@@ -119,6 +119,8 @@ def tokenizer_config_from_official(data: dict[str, Any]) -> TokenizerConfig:
 
 def tokenizer_config_to_official(config: TokenizerConfig) -> dict[str, Any]:
     """The official ``config.json`` dict for ``config`` (training-time prior disabled: 'none')."""
+    if config.nested_dropout:
+        raise ValueError("a nested-dropout tokenizer has a mask embedding the official format cannot hold")
     q = config.quantizer
     data: dict[str, Any] = {theirs: getattr(config, ours) for theirs, ours in _TOKENIZER_FIELDS.items()}
     data.update(_FIXED_TOKENIZER_FLAGS)

@@ -83,6 +83,7 @@ class VectorQuantizer(nn.Module):
         stochastic: bool,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
+        bypass: bool = False,
     ) -> QuantizerOutput:
         """Quantize ``z`` (b, n, c) of any float dtype; all math runs in float32.
 
@@ -90,6 +91,8 @@ class VectorQuantizer(nn.Module):
             stochastic: sample codes from softmax(cos / temperature); otherwise take the argmax.
             temperature: overrides ``config.temperature`` for stochastic sampling.
             generator: RNG for reproducible stochastic sampling.
+            bypass: pass the normalised ``z`` on unquantized (a continuous warm-up for small runs); ids
+                and the VQ losses are still computed, so the codebook keeps learning towards the latents.
         """
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = F.normalize(z.float(), dim=-1)
@@ -108,7 +111,7 @@ class VectorQuantizer(nn.Module):
             commitment = F.mse_loss(z, q.detach())
             codebook_loss = F.mse_loss(q, z.detach())
             loss = self.config.commitment_weight * commitment + self.config.codebook_weight * codebook_loss
-            codes = z + (q - z).detach()
+            codes = z if bypass else z + (q - z).detach()
         return QuantizerOutput(codes, indices, z, loss, commitment, codebook_loss)
 
 

@@ -53,6 +53,9 @@ class TokenizerConfig:
     latent_pe_base: float = 10000.0  # base of the decoder's 1D latent sin-cos (official: latent_pe_scale_factor)
     query_init_std: float = 0.02
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    # Beyond the paper: a learned mask embedding stands in for dropped tail tokens, so a model trained with
+    # nested (tail) token dropout decodes from any prefix of its tokens. Adds `decoder_mask_token`.
+    nested_dropout: bool = False
 
     def __post_init__(self):
         problems = []
@@ -194,6 +197,8 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
         self.bottleneck = Bottleneck(enc, dec, config.quantizer)
         self.decoder = InContextTransformer(dec, config.decoder_depth, config.decoder_num_heads)
         self.final_layer = OutputLayer(dec, config.patch_dim)
+        if config.nested_dropout:
+            self.decoder_mask_token = nn.Parameter(torch.empty(1, 1, dec))
         self.init_weights()
 
     # ------------------------------------------------------------------ construction
@@ -206,6 +211,8 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.encoder_latent_query_embed, std=self.config.query_init_std)
         nn.init.normal_(self.decoder_patch_query_token_type_embed, std=0.02)
+        if self.config.nested_dropout:
+            nn.init.normal_(self.decoder_mask_token, std=0.02)
         conv = self.x_embedder.proj
         nn.init.xavier_uniform_(conv.weight.view(conv.weight.shape[0], -1))
         nn.init.zeros_(conv.bias)
@@ -249,24 +256,56 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
         stochastic: bool,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
+        bypass: bool = False,
     ) -> QuantizerOutput:
         """(b, N, d_enc) encoder outputs -> quantizer output (ids, codes, losses)."""
         z = self.bottleneck.in_linear(features)
         return self.bottleneck.regularizer(
-            z, stochastic=stochastic, temperature=temperature, generator=generator
+            z, stochastic=stochastic, temperature=temperature, generator=generator, bypass=bypass
         )
 
     def ids_to_latents(self, ids: torch.Tensor) -> torch.Tensor:
-        """(b, N) ids -> (b, N, d_dec): codebook lookup, L2 normalisation, out_linear."""
+        """(b, k) ids -> (b, k, d_dec): codebook lookup, L2 normalisation, out_linear."""
         return self.bottleneck.codes_to_latents(self.bottleneck.regularizer.indices_to_codes(ids))
 
-    def decode_latents(self, latents: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """(b, N, d_dec) latents -> (b, c, num_frames, h, w) raw (unclamped) video."""
+    def mask_tail(self, latents: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace dropped tail tokens by the learned mask embedding (nested-dropout models only).
+
+        Args:
+            latents: (b, k, d_dec) latents of the first k <= N tokens; the missing N - k are appended masked.
+            keep: optional (b,) number of leading tokens to keep per sample; positions >= keep are masked.
+
+        Returns:
+            (b, N, d_dec).
+        """
+        b, k, d = latents.shape
+        n = self.config.num_tokens
+        if k == n and keep is None:
+            return latents
+        if not self.config.nested_dropout:
+            raise ValueError(
+                f"this tokenizer decodes exactly {n} tokens; decoding from a prefix needs a model built with "
+                f"nested_dropout=True and trained with nested token dropout"
+            )
+        mask = self.decoder_mask_token.to(latents.dtype).expand(b, n - k, d)
+        latents = torch.cat([latents, mask], dim=1)
+        if keep is not None:
+            position = torch.arange(n, device=latents.device)
+            latents = torch.where(position[None, :, None] < keep[:, None, None], latents, self.decoder_mask_token.to(latents.dtype))
+        return latents
+
+    def decode_latents(
+        self, latents: torch.Tensor, num_frames: int | None = None, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(b, k <= N, d_dec) latents -> (b, c, num_frames, h, w) raw (unclamped) video.
+
+        Fewer than N latents, or ``keep`` (b,) per-sample prefix lengths, need a nested-dropout model.
+        """
         config = self.config
         num_frames = config.frame_num if num_frames is None else num_frames
         _, gh, gw = config.grid
         num_queries = (num_frames // config.temporal_patch_size) * gh * gw
-        context = latents + self.decoder_latent_pe
+        context = self.mask_tail(latents, keep) + self.decoder_latent_pe
         queries = self.decoder_patch_query_embed[:, :num_queries] + self.decoder_patch_query_token_type_embed
         x = self.decoder(context, queries.expand(latents.shape[0], -1, -1))
         return self.unpatchify(self.final_layer(x), num_frames)
@@ -292,18 +331,25 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
         *,
         stochastic: bool | None = None,
         generator: torch.Generator | None = None,
+        keep_tokens: torch.Tensor | None = None,
+        bypass_quantization: bool = False,
     ) -> TokenizerOutput:
         """Full training pass: encode, quantize, decode.
 
         Args:
             video: (b, c, t, h, w) in [0, 1].
             stochastic: sample codes (SVQ) or take the nearest; default ``config.quantizer.stochastic``.
+            keep_tokens: (b,) nested token dropout: decode each sample from only its first keep_tokens[i]
+                tokens (the rest replaced by the mask embedding). The quantizer output covers all tokens.
+            bypass_quantization: decode the continuous normalised latents (training warm-up only).
         """
         if stochastic is None:
             stochastic = self.config.quantizer.stochastic
-        quantized = self.quantize(self.encode_features(video), stochastic=stochastic, generator=generator)
+        quantized = self.quantize(
+            self.encode_features(video), stochastic=stochastic, generator=generator, bypass=bypass_quantization
+        )
         latents = self.bottleneck.codes_to_latents(quantized.codes)
-        return TokenizerOutput(self.decode_latents(latents, video.shape[2]), quantized, latents)
+        return TokenizerOutput(self.decode_latents(latents, video.shape[2], keep=keep_tokens), quantized, latents)
 
     # ------------------------------------------------------------------ public inference API
     @torch.no_grad()
@@ -314,6 +360,7 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
         stochastic: bool = False,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
+        num_tokens: int | None = None,
     ) -> torch.Tensor:
         """Tokenize videos.
 
@@ -323,20 +370,25 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
             stochastic: sample codes (SVQ, softmax(cos / temperature)) instead of taking the nearest code.
             temperature: sampling temperature (default: the config's, 0.03).
             generator: RNG for reproducible stochastic encoding.
+            num_tokens: keep only the first k tokens (a token budget; decoding them needs a model trained
+                with nested dropout). Default: all N.
 
         Returns:
-            (b, N) int64 token ids on the model's device.
+            (b, k) int64 token ids on the model's device (k = N by default).
         """
         video = self._check_video(video)
+        k = self._check_num_tokens(self.config.num_tokens if num_tokens is None else num_tokens)
         features = self.encode_features(video)
-        return self.quantize(features, stochastic=stochastic, temperature=temperature, generator=generator).indices
+        ids = self.quantize(features, stochastic=stochastic, temperature=temperature, generator=generator).indices
+        return ids[:, :k]
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor, num_frames: int | None = None, *, clamp: bool = False) -> torch.Tensor:
         """Turn token ids back into videos.
 
         Args:
-            ids: (b, N) int64 (or int32) ids in [0, codebook_size).
+            ids: (b, N) int64 (or int32) ids in [0, codebook_size); (b, k) with k < N decodes from a
+                prefix (nested-dropout models only).
             num_frames: frames to decode (a multiple of the temporal patch, at most ``frame_num``); default
                 ``frame_num``. Use the clip's length to decode a clip shorter than the model's.
             clamp: clamp the output to [0, 1] (for viewing and metrics; training uses raw outputs).
@@ -366,6 +418,17 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
                 f"({c.temporal_patch_size}) and at most {c.frame_num}, got {t}"
             )
         return t
+
+    def _check_num_tokens(self, k: int) -> int:
+        n = self.config.num_tokens
+        if not isinstance(k, int) or not 1 <= k <= n:
+            raise ValueError(f"expected a number of tokens in [1, {n}], got {k}")
+        if k < n and not self.config.nested_dropout:
+            raise ValueError(
+                f"this tokenizer was not built with nested_dropout, so it only decodes all {n} tokens; "
+                f"asked for a prefix of {k}"
+            )
+        return k
 
     def _check_video(self, video: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -403,8 +466,10 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
             raise ValueError(f"expected token ids as a tensor, got {type(ids).__name__}")
         if ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"expected int64 token ids, got dtype {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[1] != c.num_tokens or ids.shape[0] == 0:
-            raise ValueError(f"expected token ids of shape (batch, {c.num_tokens}), got shape {tuple(ids.shape)}")
+        n = c.num_tokens
+        if ids.ndim != 2 or ids.shape[0] == 0 or not (ids.shape[1] == n or (c.nested_dropout and 1 <= ids.shape[1] <= n)):
+            expected = f"(batch, k <= {n})" if c.nested_dropout else f"(batch, {n})"
+            raise ValueError(f"expected token ids of shape {expected}, got shape {tuple(ids.shape)}")
         lo, hi = ids.aminmax()
         if lo.item() < 0 or hi.item() >= c.quantizer.codebook_size:
             raise ValueError(

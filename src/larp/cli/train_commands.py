@@ -1,0 +1,50 @@
+"""``larp train-tokenizer``: train a LARP tokenizer from a YAML recipe (one process, or DDP under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Recipes given by name are looked up here (a checkout's configs/ folder, or the working directory's).
+RECIPE_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train-tokenizer",
+        help="train a LARP tokenizer (with the AR prior) from a recipe",
+        description="Train a LARP tokenizer. Launch with torchrun --nproc_per_node N for DDP; "
+        "multi-node through torchrun's rendezvous options.",
+    )
+    train.add_argument("--config", required=True, help="recipe YAML file, or the name of one in configs/ (e.g. tiny-cpu)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.lr=3e-4 steps=2000")
+    train.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe name>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
+    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    train.set_defaults(run=run_train_tokenizer)
+
+
+def resolve_recipe(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    for folder in RECIPE_DIRS:
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError(f"no recipe file '{name}' (looked in the working directory and {', '.join(map(str, RECIPE_DIRS))})")
+
+
+def run_train_tokenizer(args: argparse.Namespace) -> int:
+    from larp.training.recipe import load_recipe
+    from larp.training.tokenizer_trainer import train_tokenizer
+
+    path = resolve_recipe(args.config)
+    recipe = load_recipe(path, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / path.stem)
+    folder = train_tokenizer(recipe, run_dir, resume=args.resume, device=args.device, progress=not args.quiet)
+    print(f"tokenizer written to {folder}  (try: larp reconstruct VIDEO --tokenizer {folder} -o recon.mp4)")
+    return 0
