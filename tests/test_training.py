@@ -115,6 +115,7 @@ def test_recipes_in_configs_load_and_bad_keys_are_errors(tmp_path):
         load_recipe(None, ["optim.learning_rate=1"])
     with pytest.raises(ValueError, match="expected a number"):
         load_recipe(None, ["optim.lr=fast"])
+    assert load_recipe(None, ["optim.lr=4e-3", "steps=7", "prior.enabled=false"]).optim.lr == 4e-3
     with pytest.raises(ValueError, match="key=value"):
         load_recipe(None, ["steps"])
 
@@ -231,3 +232,15 @@ def test_two_process_gloo_gradients_equal_a_single_process_on_the_global_batch(t
     assert ddp.keys() == single.keys()
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_tensorboard_logging_or_a_clear_error(tmp_path):
+    import importlib.util
+
+    recipe = tiny_recipe("tensorboard=true", "steps=2")
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            train_tokenizer(recipe, tmp_path / "run", progress=False)
+    else:
+        train_tokenizer(recipe, tmp_path / "run", progress=False)
+        assert any((tmp_path / "run" / "tensorboard").iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -46,5 +47,6 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     recipe = load_recipe(path, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / path.stem)
     folder = train_tokenizer(recipe, run_dir, resume=args.resume, device=args.device, progress=not args.quiet)
-    print(f"tokenizer written to {folder}  (try: larp reconstruct VIDEO --tokenizer {folder} -o recon.mp4)")
+    if os.environ.get("RANK", "0") == "0":  # one message under torchrun
+            print(f"tokenizer written to {folder}  (try: larp reconstruct VIDEO --tokenizer {folder} -o recon.mp4)")
     return 0

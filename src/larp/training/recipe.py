@@ -150,7 +150,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse_scalar(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -159,6 +159,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise ValueError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = value
     return data
+
+
+def _parse_scalar(raw: str) -> Any:
+    """A command-line value: numbers as numbers (YAML 1.1 would read '4e-3' as a string), else YAML."""
+    text = raw.strip()
+    if not text:
+        return None
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
 
 
 def recipe_from_dict(data: dict[str, Any]) -> TokenizerTrainConfig:

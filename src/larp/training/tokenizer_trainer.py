@@ -56,9 +56,10 @@ class TokenizerWithPrior(nn.Module):
         ss_ratio: float,
         bypass_quantization: bool,
         recipe: TokenizerTrainConfig,
+        use_prior: bool = True,
     ) -> tuple[TokenizerOutput, PriorOutput | None]:
         out = self.tokenizer(video, keep_tokens=keep_tokens, bypass_quantization=bypass_quantization)
-        if self.prior is None:
+        if self.prior is None or not use_prior:  # not run at all while its loss weight is 0
             return out, None
         q = out.quantized
         prior_out = prior_loss(
@@ -130,8 +131,7 @@ def build_state(recipe: TokenizerTrainConfig, info: dist.DistInfo) -> tuple[Trai
     g_opt = torch.optim.Adam(groups, lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=recipe.optim.weight_decay)
     use_scaler = recipe.precision == "fp16"
     state = TrainState(
-        # the nested-dropout mask embedding is unused in steps where no sample is truncated
-        model=dist.wrap(core, info, find_unused_parameters=recipe.model.nested_dropout),
+        model=_wrap(core, recipe, info),
         g_opt=g_opt,
         g_scaler=torch.amp.GradScaler(info.device.type, enabled=use_scaler),
         stream=None,  # set below
@@ -165,6 +165,41 @@ def build_state(recipe: TokenizerTrainConfig, info: dist.DistInfo) -> tuple[Trai
     )
     state.code_counts = torch.zeros(recipe.model.quantizer.codebook_size, device=info.device)
     return state, val
+
+
+def _wrap(core: TokenizerWithPrior, recipe: TokenizerTrainConfig, info: dist.DistInfo) -> nn.Module:
+    # unused parameters in some steps: the nested-dropout mask embedding when no sample is truncated, the
+    # prior while its loss weight is still 0
+    unused = recipe.model.nested_dropout or (recipe.prior.enabled and recipe.prior.weight_delay > 0)
+    model = dist.wrap(core, info, find_unused_parameters=unused)
+    if recipe.compile:
+        model = torch.compile(model)
+    return model
+
+
+class MetricsWriter:
+    """metrics.jsonl, and TensorBoard scalars when the recipe asks for them (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.path = run_dir / "metrics.jsonl"
+        self.board = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
+            self.board = SummaryWriter(run_dir / "tensorboard")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+        if self.board is not None:
+            for name, value in metrics.items():
+                self.board.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -321,7 +356,8 @@ def train_step(state: TrainState, recipe: TokenizerTrainConfig, info: dist.DistI
         with sync:
             with _autocast(recipe, info.device):
                 out, prior_out = state.model(
-                    video, keep_tokens=keep, ss_ratio=ss_ratio, bypass_quantization=bypass, recipe=recipe
+                    video, keep_tokens=keep, ss_ratio=ss_ratio, bypass_quantization=bypass, recipe=recipe,
+                    use_prior=prior_weight(recipe, state.step) > 0,
                 )
             if micro == 0 and state.discriminator is not None and discriminator_step_due(state.step, recipe.loss.gan.disc_update_every):
                 metrics.update(discriminator_step(state, recipe, video, out.recon))
@@ -337,7 +373,8 @@ def train_step(state: TrainState, recipe: TokenizerTrainConfig, info: dist.DistI
     state.g_scaler.update()
     if state.ema is not None:
         state.ema.update(state.core.tokenizer)
-    if recipe.codebook.dead_code_restart and state.step % recipe.codebook.restart_every == 0:
+    # restarts only once the decoder reads the codes (quantization on): before, codes are not used
+    if recipe.codebook.dead_code_restart and not bypass and state.step % recipe.codebook.restart_every == 0:
         metrics["codes_restarted"] = torch.tensor(float(restart_dead_codes(state, recipe, out.quantized.z.detach(), info)))
     names = sorted(metrics)
     reduced = dist.all_reduce_mean(torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=info.device) for k in names]), info)
@@ -512,6 +549,8 @@ def train_tokenizer(
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
             restore_state(latest, state, info)
+            if info.is_main:
+                _truncate_metrics(run_dir / "metrics.jsonl", state.step)
             logger.info("resumed %s at step %d", run_dir, state.step)
         else:
             torch.manual_seed(recipe.seed + info.rank)  # per-rank streams of randomness from here on
@@ -522,6 +561,13 @@ def train_tokenizer(
         return run_dir / "tokenizer"
     finally:
         dist.cleanup(info)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint a run resumes from (they will be logged again)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _log_start(recipe: TokenizerTrainConfig, state: TrainState, info: dist.DistInfo) -> None:
@@ -538,7 +584,7 @@ def _log_start(recipe: TokenizerTrainConfig, state: TrainState, info: dist.DistI
 
 
 def _loop(state: TrainState, recipe: TokenizerTrainConfig, val, run_dir: Path, info: dist.DistInfo, *, progress: bool, stop_after: int | None) -> None:
-    metrics_file = run_dir / "metrics.jsonl"
+    writer = MetricsWriter(run_dir, recipe.tensorboard) if info.is_main else None
     bar = tqdm(total=recipe.steps, initial=state.step, desc="train-tokenizer", unit="step",
                disable=not (progress and info.is_main), dynamic_ncols=True)
     clips_per_step = recipe.batch_size * recipe.optim.accumulation * info.world_size
@@ -553,7 +599,8 @@ def _loop(state: TrainState, recipe: TokenizerTrainConfig, val, run_dir: Path, i
         if state.step % recipe.eval_every == 0 or state.step == recipe.steps:
             if info.is_main:
                 metrics.update(evaluate(state, recipe, val, info))
-                if metrics["val_usage"] < recipe.codebook.usage_warn and not warned_usage:
+                quantizing = state.step > recipe.codebook.continuous_warmup
+                if quantizing and metrics["val_usage"] < recipe.codebook.usage_warn and not warned_usage:
                     logger.warning("codebook usage %.1f%% is below %.1f%%: the codebook may be collapsing "
                                    "(see codebook.init_from_data / dead_code_restart / prior.weight_delay)",
                                    100 * metrics["val_usage"], 100 * recipe.codebook.usage_warn)
@@ -562,8 +609,7 @@ def _loop(state: TrainState, recipe: TokenizerTrainConfig, val, run_dir: Path, i
         if info.is_main and (state.step % recipe.sample_every == 0 or state.step == recipe.steps):
             write_samples(state, val, run_dir)
         if info.is_main and (state.step % recipe.log_every == 0 or state.step == recipe.steps or "val_psnr" in metrics):
-            with metrics_file.open("a") as f:
-                f.write(json.dumps({"step": state.step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+            writer.write(state.step, metrics)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", psnr=f"{metrics['psnr']:.1f}",
                             usage=f"{metrics['batch_usage']:.2f}", clips_s=f"{metrics['clips_per_s']:.1f}")
         done = state.step >= recipe.steps or (stop_after is not None and state.step >= stop_after)
@@ -573,6 +619,8 @@ def _loop(state: TrainState, recipe: TokenizerTrainConfig, val, run_dir: Path, i
         if done:
             break
     bar.close()
+    if writer is not None:
+        writer.close()
 
 
 def _export(state: TrainState, run_dir: Path, info: dist.DistInfo) -> Path:
