@@ -244,3 +244,16 @@ def test_tensorboard_logging_or_a_clear_error(tmp_path):
     else:
         train_tokenizer(recipe, tmp_path / "run", progress=False)
         assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    # grad_clip > 0 logs the gradient norm before clipping: Adam hides the gradient's scale, the norm does not
+    common = (*DETERMINISTIC, "prior.scheduled_sampling=false", "steps=1", "eval_every=100", "optim.grad_clip=1000")
+    one = train_tokenizer(tiny_recipe(*common, "batch_size=4"), tmp_path / "one", progress=False)
+    two = train_tokenizer(tiny_recipe(*common, "batch_size=2", "optim.accumulation=2"), tmp_path / "two", progress=False)
+    logged = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("one", "two")]
+    for key in ("loss", "l1", "grad_norm"):
+        assert logged[0][key] == pytest.approx(logged[1][key], rel=1e-4), key
+    a, b = _parameters(one), _parameters(two)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
