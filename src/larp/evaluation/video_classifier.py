@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from larp.hub import PretrainedMixin
-from larp.models.tokenizer import VALUE_MARGIN
+from larp.models.layers import check_unit_range
 
 __all__ = [
     "VIDEO_CLASSIFIER_PRESETS",
@@ -167,12 +167,7 @@ class VideoClassifier(PretrainedMixin, nn.Module):
             raise ValueError(f"expected a float video with values in [0, 1], got dtype {video.dtype}")
         if video.shape[0] == 0 or min(video.shape[2:]) == 0:
             raise ValueError(f"expected a non-empty video batch, got shape {tuple(video.shape)}")
-        lo, hi = (v.item() for v in video.aminmax())
-        if not (lo >= -VALUE_MARGIN and hi <= 1 + VALUE_MARGIN):  # also catches NaN
-            raise ValueError(
-                f"expected video values in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
-                f"(divide uint8 frames by 255; map [-1, 1] videos with (x + 1) / 2)"
-            )
+        check_unit_range(video)
         return video.to(device=self.device, dtype=self.dtype)
 
     def features(self, video: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from larp.models.layers import Block, sincos_3d
+from larp.models.layers import Block, patch_grid, sincos_3d
 from larp.models.tokenizer import PatchEmbed3D
 
 
@@ -58,8 +58,7 @@ class DiscriminatorConfig:
     @property
     def grid(self) -> tuple[int, int, int]:
         """(t', h', w') patch grid of a full clip."""
-        side = self.input_size // self.patch_size
-        return self.frame_num // self.temporal_patch_size, side, side
+        return patch_grid(self.frame_num, self.input_size, self.temporal_patch_size, self.patch_size)
 
     @property
     def num_patches(self) -> int:

@@ -18,6 +18,28 @@ from torch import nn
 BLOCK_NORM_EPS = 1e-5
 
 
+# Inputs outside [-VALUE_MARGIN, 1 + VALUE_MARGIN] are rejected: they are almost surely [0, 255] or
+# [-1, 1] videos, which a model silently turns into garbage. Small overshoots (e.g. an unclamped
+# reconstruction fed back in) are fine.
+VALUE_MARGIN = 0.25
+
+
+def check_unit_range(video: torch.Tensor) -> None:
+    """Raise ValueError unless the values lie in [0, 1] (within VALUE_MARGIN); NaN fails too."""
+    lo, hi = (v.item() for v in video.aminmax())
+    if not (lo >= -VALUE_MARGIN and hi <= 1 + VALUE_MARGIN):
+        raise ValueError(
+            f"expected video values in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
+            f"(divide uint8 frames by 255; map [-1, 1] videos with (x + 1) / 2)"
+        )
+
+
+def patch_grid(frame_num: int, input_size: int, temporal_patch: int, patch: int) -> tuple[int, int, int]:
+    """(t', h', w') grid of non-overlapping patches over a frame_num x input_size x input_size clip."""
+    side = input_size // patch
+    return frame_num // temporal_patch, side, side
+
+
 def sincos_1d(dim: int, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """1D sin-cos table.
 

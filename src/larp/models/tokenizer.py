@@ -25,14 +25,8 @@ from einops import rearrange
 from torch import nn
 
 from larp.hub import PretrainedMixin
-from larp.models.layers import InContextTransformer, sincos_3d, sincos_sequence
+from larp.models.layers import InContextTransformer, check_unit_range, patch_grid, sincos_3d, sincos_sequence
 from larp.models.quantizer import Bottleneck, QuantizerConfig, QuantizerOutput
-
-# Inputs outside [-VALUE_MARGIN, 1 + VALUE_MARGIN] are rejected: they are almost surely [0, 255] or
-# [-1, 1] videos, which the model silently turns into garbage. Small overshoots (e.g. an unclamped
-# reconstruction fed back in) are fine.
-VALUE_MARGIN = 0.25
-
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -79,8 +73,7 @@ class TokenizerConfig:
     @property
     def grid(self) -> tuple[int, int, int]:
         """(t', h', w') patch grid of a full clip."""
-        side = self.input_size // self.patch_size
-        return self.frame_num // self.temporal_patch_size, side, side
+        return patch_grid(self.frame_num, self.input_size, self.temporal_patch_size, self.patch_size)
 
     @property
     def num_patches(self) -> int:
@@ -451,13 +444,7 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
         self._check_num_frames(t)
         if b == 0:
             raise ValueError("expected at least one video in the batch, got an empty batch")
-        lo, hi = video.aminmax()
-        lo, hi = lo.item(), hi.item()
-        if not (lo >= -VALUE_MARGIN and hi <= 1 + VALUE_MARGIN):  # also catches NaN
-            raise ValueError(
-                f"expected video values in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
-                f"(divide uint8 frames by 255; map [-1, 1] videos with (x + 1) / 2)"
-            )
+        check_unit_range(video)
         return video.to(device=self.device, dtype=self.dtype)
 
     def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
