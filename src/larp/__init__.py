@@ -5,7 +5,17 @@ Videos are float tensors in [0, 1] with layout (b, c, t, h, w); token ids are in
 
 __version__ = "0.1.0"
 
+from larp.models.generator import GENERATOR_PRESETS, GeneratorConfig, LARPGenerator
 from larp.models.quantizer import QuantizerConfig
 from larp.models.tokenizer import TOKENIZER_PRESETS, LARPTokenizer, TokenizerConfig
 
-__all__ = ["LARPTokenizer", "TokenizerConfig", "QuantizerConfig", "TOKENIZER_PRESETS", "__version__"]
+__all__ = [
+    "GENERATOR_PRESETS",
+    "GeneratorConfig",
+    "LARPGenerator",
+    "LARPTokenizer",
+    "QuantizerConfig",
+    "TOKENIZER_PRESETS",
+    "TokenizerConfig",
+    "__version__",
+]
