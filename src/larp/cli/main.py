@@ -11,7 +11,7 @@ import os
 import sys
 
 from larp import __version__
-from larp.cli import data_commands, tokenizer_commands, train_commands, weights_commands
+from larp.cli import data_commands, generate_commands, tokenizer_commands, train_commands, weights_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     tokenizer_commands.register(commands)
     train_commands.register(commands)
+    generate_commands.register(commands)
     weights_commands.register(commands)
     data_commands.register(commands)
     return parser

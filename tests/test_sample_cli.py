@@ -1,0 +1,75 @@
+"""``larp sample`` end to end with tiny random models: class-conditional and frame prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import larp
+from larp.cli.main import main
+from larp.data.video_io import probe_video, write_video
+from tests.conftest import perturb_
+
+
+@pytest.fixture
+def models(tmp_path, tiny_tokenizer):
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer.save_pretrained(tmp_path / "tokenizer")
+    classcond = perturb_(larp.LARPGenerator.from_preset("ar-tiny")).save_pretrained(tmp_path / "ar")
+    fp = perturb_(larp.LARPGenerator.from_preset("ar-fp-tiny")).save_pretrained(tmp_path / "ar-fp")
+    return str(tokenizer), str(classcond), str(fp)
+
+
+def test_class_conditional_samples_are_written_and_seeded(tmp_path, models, capsys):
+    tokenizer, classcond, _ = models
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        args = ["sample", "--generator", classcond, "--tokenizer", tokenizer, "--class", "3", "7", "--num", "2",
+                "--cfg-scale", "1.5", "--seed", "4", "-o", str(out)]
+        assert main(args) == 0
+        runs.append(np.stack([np.load(out / f"class{c}-{i}.npy") for c in (3, 7) for i in range(2)]))
+    assert runs[0].shape == (4, 32) and np.array_equal(runs[0], runs[1])
+    assert probe_video(tmp_path / "a" / "class7-1.gif").num_frames == 16
+    assert (tmp_path / "a" / "grid.gif").is_file()
+    record = json.loads((tmp_path / "a" / "samples.json").read_text())
+    assert record["cfg_scale"] == 1.5 and record["classes"] == [3, 7]
+    assert "wrote 4 sample(s)" in capsys.readouterr().out
+
+
+def test_frame_prediction_writes_the_real_clip_next_to_the_prediction(tmp_path, models):
+    tokenizer, _, fp = models
+    video = tmp_path / "input.mp4"
+    write_video(video, torch.rand(3, 20, 40, 40), fps=8)
+    out = tmp_path / "fp"
+    assert main(["sample", "--generator", fp, "--tokenizer", tokenizer, "--condition", str(video), "--num", "2",
+                 "--format", "mp4", "-o", str(out)]) == 0
+    info = probe_video(out / "input-1.mp4")
+    assert (info.width, info.height, info.num_frames) == (64, 32, 16)
+
+
+@pytest.mark.parametrize(
+    "which, extra, message",
+    [
+        ("classcond", ["--class", "10"], "class"),
+        ("classcond", ["--condition", "x.mp4"], "class-conditional generator"),
+        ("fp", ["--class", "1"], "frame-prediction generator"),
+        ("fp", ["--condition", "missing.mp4"], "missing.mp4"),
+    ],
+)
+def test_bad_requests_fail_with_one_line(models, tmp_path, capsys, which, extra, message):
+    tokenizer, classcond, fp = models
+    generator = classcond if which == "classcond" else fp
+    assert main(["sample", "--generator", generator, "--tokenizer", tokenizer, *extra, "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_mismatched_generator_and_tokenizer_are_refused(tmp_path, models, capsys):
+    _, classcond, _ = models
+    other = larp.LARPTokenizer.from_preset("larp-small").save_pretrained(tmp_path / "other")
+    assert main(["sample", "--generator", classcond, "--tokenizer", str(other), "--class", "1", "-o", str(tmp_path / "o")]) == 1
+    assert "do not belong together" in capsys.readouterr().err
