@@ -437,7 +437,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--official-src", default=os.environ.get("LARP_OFFICIAL_SRC"),
                    help="checkout of the official LARP code (default: $LARP_OFFICIAL_SRC)")
-    p.add_argument("--out", required=False, default="/tmp/larp_parity", help="output directory")
+    p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--only", nargs="*", choices=all_names, help="generate only these configurations")
     p.add_argument("--list", action="store_true", help="list the configurations and exit")
     args = p.parse_args(argv)
