@@ -183,14 +183,14 @@ def test_convert_rejects_missing_unexpected_and_misshapen_keys(tmp_path, sources
     vgg = fake_vgg16_state()
     del vgg["features.19.bias"]
     torch.save(vgg, tmp_path / "vgg16.pth")
-    with pytest.raises(ValueError, match=r"missing keys: features\.19\.bias"):
+    with pytest.raises(ValueError, match=r"missing keys \[features\.19\.bias\]"):
         convert_lpips_weights(tmp_path / "vgg16.pth", sources["lpips"], tmp_path / "out.safetensors")
 
     heads = fake_lpips_state()
     heads["lin5.model.1.weight"] = torch.zeros(1, 8, 1, 1)
     heads["lin2.model.1.weight"] = torch.zeros(1, 7, 1, 1)
     torch.save(heads, tmp_path / "vgg.pth")
-    with pytest.raises(ValueError, match=r"unexpected keys: lin5\.model\.1\.weight.*wrong shapes: lin2\.model"):
+    with pytest.raises(ValueError, match=r"unexpected keys \[lin5\.model\.1\.weight\].*shape mismatches \[lin2\.model"):
         convert_lpips_weights(sources["vgg16"], tmp_path / "vgg.pth", tmp_path / "out.safetensors")
     assert not (tmp_path / "out.safetensors").exists()
 
@@ -202,7 +202,7 @@ def test_load_rejects_incomplete_file(tmp_path, sources):
     state = load_file(sources["converted"])
     del state["lins.4.weight"]
     save_file(state, tmp_path / "broken.safetensors")
-    with pytest.raises(ValueError, match=r"missing keys: lins\.4\.weight.*larp weights lpips"):
+    with pytest.raises(ValueError, match=r"missing keys \[lins\.4\.weight\].*larp weights lpips"):
         load_lpips(tmp_path / "broken.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):

@@ -214,21 +214,7 @@ class PretrainedMixin:
         state = {k: v for k, v in state.items() if not k.startswith(cls.ignored_checkpoint_prefixes)}
         for name, value in cls.recomputable_buffers(model.config).items():
             state.setdefault(name, value)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong_shape = [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in sorted(set(expected) & set(state))
-            if state[k].shape != expected[k].shape
-        ]
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_abbreviate(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_abbreviate(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatches {_abbreviate(wrong_shape)}")
+        problems = state_dict_problems(state, model.state_dict())
         if problems:
             raise ValueError(f"{source} does not match the {cls.__name__} config: " + "; ".join(problems))
         return state
@@ -240,6 +226,28 @@ class PretrainedMixin:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def state_dict_problems(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], *, ignore_prefixes: tuple[str, ...] = ()
+) -> list[str]:
+    """What keeps ``state`` from loading strictly into ``expected``: missing, unexpected and mis-shaped keys,
+    one message each (empty when it fits)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith(ignore_prefixes))
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_abbreviate(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_abbreviate(unexpected)}")
+    if wrong_shape:
+        problems.append(f"shape mismatches {_abbreviate(wrong_shape)}")
+    return problems
 
 
 def _abbreviate(items: list[str], limit: int = 12) -> str:

@@ -43,6 +43,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from larp.hub import state_dict_problems
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "LARP_LPIPS_WEIGHTS"
@@ -340,20 +342,7 @@ def _check_keys(
     ignore_prefixes: tuple[str, ...] = (),
 ) -> None:
     """Raise a ValueError naming every missing, unexpected or misshapen key of ``state``."""
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected and not key.startswith(ignore_prefixes)]
-    misshapen = [
-        f"{key} {tuple(state[key].shape)} != {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and tuple(state[key].shape) != tuple(expected[key].shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected)}")
-    if misshapen:
-        problems.append(f"wrong shapes: {', '.join(misshapen)}")
+    problems = state_dict_problems(dict(state), dict(expected), ignore_prefixes=ignore_prefixes)
     if problems:
         raise ValueError(f"'{source}' does not have the expected weights ({'; '.join(problems)}); {hint}")
 
