@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import torch.multiprocessing as mp
 
 from larp.data.video_io import write_video
 from larp.models.prior import LatentPrior, PriorConfig, prior_loss, scheduled_sampling_ratio
 from larp.models.tokenizer import LARPTokenizer
 from larp.training.optim import lr_multiplier
-from larp.training.recipe import apply_overrides, load_recipe, recipe_from_dict
+from larp.training.recipe import GeneratorTrainConfig, TokenizerTrainConfig, apply_overrides, load_recipe, recipe_from_dict
 from larp.training.tokenizer_trainer import TokenizerWithPrior, train_tokenizer
 from tests.conftest import REPO, perturb_
 
@@ -107,8 +108,11 @@ def test_schedules():
 
 
 def test_recipes_in_configs_load_and_bad_keys_are_errors(tmp_path):
-    for path in sorted((REPO / "configs").glob("*.yaml")):
-        load_recipe(path)
+    for path in sorted((REPO / "configs").glob("*.yaml")):  # generator recipes have a tokens section
+        load_recipe(path, kind=GeneratorTrainConfig if "tokens" in yaml.safe_load(path.read_text()) else TokenizerTrainConfig)
+    ucf = load_recipe(REPO / "configs" / "ucf-ar.yaml", kind=GeneratorTrainConfig)
+    assert ucf.model.dim == 1280 and ucf.model.n_layer == 30 and ucf.optim.betas == (0.9, 0.95)
+    assert load_recipe(REPO / "configs" / "k600-ar-fp.yaml", kind=GeneratorTrainConfig).model.frame_prediction
     recipe = load_recipe(REPO / "configs" / "larp-l-long.yaml")
     assert recipe.model.num_tokens == 1024 and recipe.prior_model.width == 384 and recipe.prior.lr_mult == 50.0
     with pytest.raises(ValueError, match="unknown key"):

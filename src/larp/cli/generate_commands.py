@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from larp.cli.tokenizer_commands import DTYPES, load_tokenizer, precision
-from larp.data.video_io import make_grid, read_video, write_video
+from larp.data.video_io import condition_clip, make_grid, read_video, write_video
 from larp.models.generator import LARPGenerator
 from larp.models.tokenizer import LARPTokenizer
 
@@ -65,14 +65,6 @@ def load_pair(args: argparse.Namespace) -> tuple[LARPGenerator, LARPTokenizer, s
     return generator, tokenizer, dtype
 
 
-def _conditioning_clip(video: torch.Tensor, frames: int) -> torch.Tensor:
-    """(3, T, h, w) -> the first ``frames`` frames, the last of them repeated up to T frames."""
-    if not 1 <= frames <= video.shape[1]:
-        raise ValueError(f"--condition-frames must be in [1, {video.shape[1]}], got {frames}")
-    tail = video[:, frames - 1 : frames].expand(-1, video.shape[1] - frames, -1, -1)
-    return torch.cat([video[:, :frames], tail], dim=1)
-
-
 def run_sample(args: argparse.Namespace) -> int:
     if args.num < 1 or args.batch_size < 1:
         raise ValueError("--num and --batch-size must be at least 1")
@@ -99,7 +91,7 @@ def run_sample(args: argparse.Namespace) -> int:
         real = read_video(args.condition, start=args.start, num_frames=tokenizer.config.frame_num,
                           size=tokenizer.config.input_size)
         with precision(tokenizer, dtype):
-            cond_ids = tokenizer.encode(_conditioning_clip(real, args.condition_frames)[None])
+            cond_ids = tokenizer.encode(condition_clip(real, args.condition_frames)[None])
         conditions = cond_ids.expand(args.num, -1)
         names = [f"{Path(args.condition).stem}-{i}" for i in range(args.num)]
 

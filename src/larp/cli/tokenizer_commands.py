@@ -27,9 +27,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     info.add_argument("model", help="model folder, HuggingFace repo id, or preset name (e.g. larp-l)")
     info.set_defaults(run=run_info)
 
-    tokenize = commands.add_parser("tokenize", help="turn videos into LARP token ids (.npy + .json sidecar)")
-    tokenize.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, avi, webm, mkv, gif, ...)")
+    tokenize = commands.add_parser(
+        "tokenize",
+        help="turn videos into LARP token ids (.npy + .json sidecar), or a dataset into a token cache",
+        description="Tokenize video files (one .npy of ids + a .json sidecar each), or with --manifest a whole "
+        "dataset into a token cache for `larp train-generator` (recipe: tokens.cache = the -o folder, with the same "
+        "data.manifest / data.val_manifest / data.random_flip / tokens.clips_per_video / tokens.clip_seed).",
+    )
+    tokenize.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (mp4, avi, webm, mkv, gif, ...)")
     tokenize.add_argument("-o", "--out", required=True, help="output folder")
+    cache = tokenize.add_argument_group("token cache (with --manifest)")
+    cache.add_argument("--manifest", help="csv manifest (official format) or folder of videos to cache")
+    cache.add_argument("--val-manifest", help="validation videos (default: the first --val-videos of the manifest)")
+    cache.add_argument("--root", help="base folder of the manifest's relative paths")
+    cache.add_argument("--val-videos", type=int, default=256, help="validation clips kept (default 256)")
+    cache.add_argument("--clips-per-video", type=int, default=1, help="random-start clips per video (default 1)")
+    cache.add_argument("--clip-seed", type=int, default=0, help="seed of the clips' random starts (default 0)")
+    cache.add_argument("--no-flip", action="store_true", help="do not add the mirror image of every clip")
+    cache.add_argument("--frame-prediction", action="store_true",
+                       help="also cache the condition tokens of every clip (frame-prediction generators)")
+    cache.add_argument("--condition-frames", type=int, default=5, help="given frames for --frame-prediction (default 5)")
     tokenize.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
     tokenize.add_argument(
         "--stochastic",
@@ -130,7 +147,11 @@ def run_info(args: argparse.Namespace) -> int:
 def run_tokenize(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if bool(args.videos) == bool(args.manifest):
+        raise ValueError("give either video files or --manifest (to build a token cache), not both or neither")
     tokenizer = load_tokenizer(args.tokenizer, args.device, args.dtype)
+    if args.manifest:
+        return _tokenize_manifest(args, tokenizer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = _output_names(args.videos)
@@ -146,6 +167,28 @@ def run_tokenize(args: argparse.Namespace) -> int:
                 _write_tokens(out / name, row, path, clips.shape[2], tokenizer, args)
             progress.update(len(paths))
     print(f"wrote {len(args.videos)} token file(s) to {out}")
+    return 0
+
+
+def _tokenize_manifest(args: argparse.Namespace, tokenizer: LARPTokenizer) -> int:
+    """A token cache of a dataset, exactly as ``larp train-generator`` builds (and then reuses) it."""
+    from larp.models.generator import GeneratorConfig
+    from larp.training.recipe import DataConfig, GeneratorTrainConfig, TokenSourceConfig
+    from larp.training.token_cache import build_token_cache
+
+    config = tokenizer.config
+    recipe = GeneratorTrainConfig(
+        model=GeneratorConfig(vocab_size=config.quantizer.codebook_size, max_seq_len=config.num_tokens,
+                              frame_prediction=args.frame_prediction),
+        tokens=TokenSourceConfig(tokenizer=args.tokenizer, cache=args.out, clips_per_video=args.clips_per_video,
+                                 clip_seed=args.clip_seed, precision=args.dtype, encode_batch_size=args.batch_size),
+        data=DataConfig(manifest=args.manifest, root=args.root, val_manifest=args.val_manifest,
+                        random_flip=not args.no_flip, val_videos=args.val_videos),
+        condition_frames=args.condition_frames,
+    )
+    folder = build_token_cache(recipe, tokenizer, args.out, progress=not args.quiet)
+    rows = {split: json.loads((folder / split / "done.json").read_text())["rows"] for split in ("train", "val")}
+    print(f"token cache {folder}: {rows['train']} training rows, {rows['val']} validation rows")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``larp train-tokenizer``: train a LARP tokenizer from a YAML recipe (one process, or DDP under torchrun)."""
+"""``larp train-tokenizer`` and ``larp train-generator``: training from a YAML recipe (one process, or DDP
+under torchrun)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,32 @@ RECIPE_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "co
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser(
+    tokenizer = commands.add_parser(
         "train-tokenizer",
         help="train a LARP tokenizer (with the AR prior) from a recipe",
         description="Train a LARP tokenizer. Launch with torchrun --nproc_per_node N for DDP; "
         "multi-node through torchrun's rendezvous options.",
     )
-    train.add_argument("--config", required=True, help="recipe YAML file, or the name of one in configs/ (e.g. tiny-cpu)")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.lr=3e-4 steps=2000")
-    train.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe name>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
-    train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    train.set_defaults(run=run_train_tokenizer)
+    _add_run_args(tokenizer, "tiny-cpu")
+    tokenizer.set_defaults(run=run_train_tokenizer)
+
+    generator = commands.add_parser(
+        "train-generator",
+        help="train an AR generator on a frozen tokenizer's tokens from a recipe",
+        description="Train a LARP AR generator (class-conditional or frame prediction) on the tokens of a frozen "
+        "tokenizer, encoded on the fly or read from a token cache (tokens.cache). Launch with torchrun "
+        "--nproc_per_node N for DDP.",
+    )
+    _add_run_args(generator, "ar-tiny-cpu")
+    generator.set_defaults(run=run_train_generator)
+
+
+def _add_run_args(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--config", required=True, help=f"recipe YAML file, or the name of one in configs/ (e.g. {example})")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.lr=3e-4 steps=2000")
+    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
 def resolve_recipe(name: str) -> Path:
@@ -48,5 +63,20 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path("runs") / path.stem)
     folder = train_tokenizer(recipe, run_dir, resume=args.resume, device=args.device, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # one message under torchrun
-            print(f"tokenizer written to {folder}  (try: larp reconstruct VIDEO --tokenizer {folder} -o recon.mp4)")
+        print(f"tokenizer written to {folder}  (try: larp reconstruct VIDEO --tokenizer {folder} -o recon.mp4)")
+    return 0
+
+
+def run_train_generator(args: argparse.Namespace) -> int:
+    from larp.training.generator_trainer import train_generator
+    from larp.training.recipe import GeneratorTrainConfig, load_recipe
+
+    path = resolve_recipe(args.config)
+    recipe = load_recipe(path, args.overrides, GeneratorTrainConfig)
+    run_dir = Path(args.run_dir or Path("runs") / path.stem)
+    folder = train_generator(recipe, run_dir, resume=args.resume, device=args.device, progress=not args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        what = "--condition VIDEO" if recipe.model.frame_prediction else "--class 0 1"
+        print(f"generator written to {folder}  (try: larp sample --generator {folder} "
+              f"--tokenizer {recipe.tokens.tokenizer} {what} -o samples/)")
     return 0

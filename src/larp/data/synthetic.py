@@ -39,10 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["BACKGROUNDS", "CLASS_NAMES", "SHAPES", "SyntheticConfig", "SyntheticVideos"]
+__all__ = ["BACKGROUNDS", "CLASS_NAMES", "MIRROR_LABELS", "SHAPES", "SyntheticConfig", "SyntheticVideos"]
 
 #: Names of the motion classes, indexed by label (see the module docstring).
 CLASS_NAMES: tuple[str, ...] = ("right", "left", "down", "up", "down-right", "up-left", "grow", "shrink")
+#: The label of each class's mirror image under a horizontal flip (right <-> left); None where the
+#: mirrored motion is not a class (down-right flips to down-left).
+MIRROR_LABELS: tuple[int | None, ...] = (1, 0, 2, 3, None, None, 6, 7)
 #: Shapes an object can take.
 SHAPES: tuple[str, ...] = ("square", "circle")
 #: Background kinds: ``black``; ``gradient`` (a static linear ramp between two dark random
@@ -224,6 +227,12 @@ class SyntheticVideos(Dataset):
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
+
+    @property
+    def mirror_labels(self) -> tuple[int, ...] | None:
+        """Label of each class after a horizontal flip, or None when a class in use has no mirror class."""
+        mirrors = MIRROR_LABELS[: self.config.num_classes]
+        return None if None in mirrors else mirrors  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return self.config.num_videos

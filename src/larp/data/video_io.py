@@ -37,6 +37,7 @@ import torch.nn.functional as F
 __all__ = [
     "VideoInfo",
     "VideoReadError",
+    "condition_clip",
     "make_grid",
     "probe_video",
     "read_video",
@@ -417,6 +418,17 @@ def resize_and_crop(video: torch.Tensor, size: int) -> torch.Tensor:
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     return video[:, :, top : top + size, left : left + size].contiguous()
+
+
+def condition_clip(video: torch.Tensor, frames: int) -> torch.Tensor:
+    """The frame-prediction condition (LARP.md D.3): the first ``frames`` frames, the last of them
+    repeated up to the clip's length. ``video`` (..., 3, T, h, w) -> the same shape."""
+    length = video.shape[-3]
+    if not 1 <= frames <= length:
+        raise ValueError(f"condition frames must be in [1, {length}], got {frames}")
+    given = video[..., :frames, :, :]
+    tail = given[..., -1:, :, :].expand(*video.shape[:-3], length - frames, *video.shape[-2:])
+    return torch.cat([given, tail], dim=-3)
 
 
 def make_grid(videos: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:

@@ -52,6 +52,19 @@ class ResumableSampler(Sampler):
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
+def flipped_label(dataset: Dataset, label: int) -> int:
+    """The label of a horizontally flipped clip of ``dataset``.
+
+    Datasets whose classes are directions (the synthetic one) say so with ``mirror_labels``: a flipped
+    "right" clip is a "left" one, and a class without a mirror class becomes -1 (unknown). Real action
+    datasets keep the label, as the official trainers do (an action is an action in a mirror).
+    """
+    if not hasattr(dataset, "mirror_labels"):
+        return label
+    mirrors = dataset.mirror_labels
+    return -1 if mirrors is None or label < 0 else mirrors[label]
+
+
 class SeededItems(Dataset):
     """Indexes a dataset with ``(index, seed)``: the seed fixes the item's randomness (clip start, flip)."""
 
@@ -83,6 +96,8 @@ class SeededItems(Dataset):
             return sample
         if torch.rand((), generator=torch.Generator().manual_seed(seed)) < 0.5:
             sample = dict(sample, video=sample["video"].flip(-1))
+            if "label" in sample:
+                sample["label"] = flipped_label(self.dataset, sample["label"])
         return sample
 
 
@@ -128,7 +143,7 @@ class TrainStream:
                 self.skipped += self.batch_size
                 continue
             self.skipped += int(batch.get("skipped", 0))
-            if "video" not in batch or batch["video"].shape[0] == 0:  # nothing decodable in this batch
+            if set(batch) <= {"skipped"}:  # nothing decodable in this batch
                 continue
             return batch
 

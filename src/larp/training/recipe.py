@@ -1,7 +1,8 @@
-"""The tokenizer-training recipe: one typed config for a whole run, read from YAML with dotted overrides.
+"""Training recipes: one typed config for a whole run, read from YAML with dotted overrides.
 
-A recipe file holds literal values only. ``model_preset`` / ``prior_preset`` name an architecture;
-``model:`` / ``prior:`` then override single fields of it. ``key=value`` overrides on the command line
+Two kinds: :class:`TokenizerTrainConfig` (``larp train-tokenizer``) and :class:`GeneratorTrainConfig`
+(``larp train-generator``). A recipe file holds literal values only. ``model_preset`` / ``prior_preset``
+name an architecture; ``model:`` / ``prior_model:`` then override single fields of it. ``key=value`` overrides on the command line
 (``optim.lr=3e-4``, ``prior.enabled=false``) are parsed as YAML scalars and take precedence. Unknown keys
 and wrong types are errors. Every field that deviates from the released code's behaviour says so.
 """
@@ -17,6 +18,7 @@ import yaml
 
 from larp.config import config_from_dict, config_to_dict
 from larp.losses.gan import GANLossConfig
+from larp.models.generator import GENERATOR_PRESETS, GeneratorConfig
 from larp.models.prior import PRIOR_PRESETS, PriorConfig
 from larp.models.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
 
@@ -133,6 +135,76 @@ class TokenizerTrainConfig:
             raise ValueError("steps, batch_size and optim.accumulation must be positive")
 
 
+# ------------------------------------------------------------------------------------------ generator
+@dataclass(frozen=True)
+class GeneratorOptimConfig:
+    """AdamW as the released AR trainer (LARP.md D.2): weight decay on ``nn.Linear`` weights only."""
+
+    lr: float = 6e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.05
+    warmup_steps: int = 0  # linear warmup from min_lr_mult, then cosine down to min_lr_mult
+    min_lr_mult: float = 0.01
+    grad_clip: float = 0.0  # official: off
+    accumulation: int = 1
+
+
+@dataclass(frozen=True)
+class TokenSourceConfig:
+    """Where the training tokens come from: a frozen tokenizer in deterministic mode (LARP.md D.2)."""
+
+    tokenizer: str = ""  # folder or HuggingFace repo id (required)
+    # A token cache folder: built from `data` on first use (or by `larp tokenize --manifest`), then read.
+    # None: the tokenizer encodes every batch on the fly, as the official trainer.
+    cache: str | None = None
+    clips_per_video: int = 1  # cache: random-start clips stored per video, each also flipped with data.random_flip
+    clip_seed: int = 0  # cache: seeds the clips' random starts
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA (official), fp32 on CPU
+    encode_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Samples written during training (class-conditional: per class; frame prediction: per val clip)."""
+
+    classes: int = 8  # at most this many classes in the grid
+    per_class: int = 2
+    cfg_scale: float = 1.25
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    tokens: TokenSourceConfig = field(default_factory=TokenSourceConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: GeneratorOptimConfig = field(default_factory=GeneratorOptimConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    condition_frames: int = 5  # frame prediction: given frames, the last repeated to the clip length (D.3)
+    steps: int = 1000
+    batch_size: int = 64  # per process and micro-batch
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 250
+    sample_every: int = 500
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        if not self.tokens.tokenizer:
+            raise ValueError("tokens.tokenizer is required: the tokenizer folder or repo id whose tokens to model")
+        if min(self.steps, self.batch_size, self.optim.accumulation, self.tokens.clips_per_video) < 1:
+            raise ValueError("steps, batch_size, optim.accumulation and tokens.clips_per_video must be positive")
+        if self.condition_frames < 1:
+            raise ValueError("condition_frames must be at least 1")
+
+
+
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in update.items():
@@ -174,24 +246,28 @@ def _parse_scalar(raw: str) -> Any:
     return yaml.safe_load(text)
 
 
-def recipe_from_dict(data: dict[str, Any]) -> TokenizerTrainConfig:
-    """Resolve presets, then build the typed recipe strictly."""
+# How each recipe kind names its architecture presets: key -> (section it fills, preset table).
+_PRESET_KEYS: dict[type, dict[str, tuple[str, dict]]] = {
+    TokenizerTrainConfig: {"model_preset": ("model", TOKENIZER_PRESETS), "prior_preset": ("prior_model", PRIOR_PRESETS)},
+    GeneratorTrainConfig: {"model_preset": ("model", GENERATOR_PRESETS)},
+}
+
+
+def recipe_from_dict(data: dict[str, Any], kind: type = TokenizerTrainConfig):
+    """Resolve presets, then build the typed recipe of ``kind`` strictly."""
     data = copy.deepcopy(data)
-    model_preset = data.pop("model_preset", None)
-    if model_preset is not None:
-        if model_preset not in TOKENIZER_PRESETS:
-            raise ValueError(f"unknown model_preset {model_preset!r}; choose one of {sorted(TOKENIZER_PRESETS)}")
-        data["model"] = _deep_merge(config_to_dict(TOKENIZER_PRESETS[model_preset]), data.get("model") or {})
-    prior_preset = data.pop("prior_preset", None)
-    if prior_preset is not None:
-        if prior_preset not in PRIOR_PRESETS:
-            raise ValueError(f"unknown prior_preset {prior_preset!r}; choose one of {sorted(PRIOR_PRESETS)}")
-        data["prior_model"] = _deep_merge(config_to_dict(PRIOR_PRESETS[prior_preset]), data.get("prior_model") or {})
-    return config_from_dict(TokenizerTrainConfig, data)
+    for key, (section, presets) in _PRESET_KEYS[kind].items():
+        name = data.pop(key, None)
+        if name is None:
+            continue
+        if name not in presets:
+            raise ValueError(f"unknown {key} {name!r}; choose one of {sorted(presets)}")
+        data[section] = _deep_merge(config_to_dict(presets[name]), data.get(section) or {})
+    return config_from_dict(kind, data)
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> TokenizerTrainConfig:
-    """Read a YAML recipe (or start from defaults when ``path`` is None) and apply overrides."""
+def load_recipe(path: str | Path | None, overrides: list[str] = (), kind: type = TokenizerTrainConfig):
+    """Read a YAML recipe of ``kind`` (or start from defaults when ``path`` is None) and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -200,8 +276,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Tokenizer
             raise ValueError(f"cannot read recipe {path}: {error}") from None
         if not isinstance(data, dict):
             raise ValueError(f"recipe {path}: expected a mapping at the top level")
-    return recipe_from_dict(apply_overrides(data, list(overrides)))
+    return recipe_from_dict(apply_overrides(data, list(overrides)), kind)
 
 
-def recipe_to_yaml(recipe: TokenizerTrainConfig) -> str:
+def recipe_to_yaml(recipe) -> str:
     return yaml.safe_dump(config_to_dict(recipe), sort_keys=False)

@@ -9,7 +9,6 @@ all state lives in ``TrainState`` and is checkpointed, so a killed run resumes w
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -32,7 +31,8 @@ from larp.training import checkpoint as ckpt
 from larp.training import distributed as dist
 from larp.training.data import TrainStream, build_datasets
 from larp.training.optim import lr_multiplier, set_lr
-from larp.training.recipe import TokenizerTrainConfig, recipe_from_dict, recipe_to_yaml
+from larp.training.recipe import TokenizerTrainConfig
+from larp.training.run_dir import MetricsWriter, prepare_run_dir, restore_rng, save_run_checkpoint, truncate_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -177,31 +177,6 @@ def _wrap(core: TokenizerWithPrior, recipe: TokenizerTrainConfig, info: dist.Dis
     return model
 
 
-class MetricsWriter:
-    """metrics.jsonl, and TensorBoard scalars when the recipe asks for them (rank 0 only)."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.path = run_dir / "metrics.jsonl"
-        self.board = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ValueError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
-            self.board = SummaryWriter(run_dir / "tensorboard")
-
-    def write(self, step: int, metrics: dict[str, float]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
-        if self.board is not None:
-            for name, value in metrics.items():
-                self.board.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-
-
 # ------------------------------------------------------------------------------------------ checkpoints
 def _weights(state: TrainState) -> dict[str, dict[str, torch.Tensor]]:
     core = state.core
@@ -217,22 +192,17 @@ def _weights(state: TrainState) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def save_state(run_dir: Path, state: TrainState, recipe: TokenizerTrainConfig, info: dist.DistInfo) -> None:
-    """A checkpoint of the whole run; every rank calls it (RNG states are gathered), rank 0 writes."""
-    rng_states = dist.gather_objects(ckpt.rng_state(), info)
-    if not info.is_main:
-        return
+    """A checkpoint of the whole run; every rank calls it, rank 0 writes."""
     extra = {
-        "step": state.step,
         "g_opt": state.g_opt.state_dict(),
         "g_scaler": state.g_scaler.state_dict(),
         "stream": state.stream.state_dict(),
         "code_counts": state.code_counts.cpu(),
-        "rng": rng_states,  # one per rank
     }
     if state.d_opt is not None:
         extra["d_opt"] = state.d_opt.state_dict()
         extra["d_scaler"] = state.d_scaler.state_dict()
-    ckpt.save_checkpoint(run_dir, state.step, _weights(state), extra, keep=recipe.keep_checkpoints)
+    save_run_checkpoint(run_dir, state.step, _weights(state) if info.is_main else {}, extra, info, recipe.keep_checkpoints)
 
 
 def restore_state(folder: Path, state: TrainState, info: dist.DistInfo) -> None:
@@ -253,12 +223,7 @@ def restore_state(folder: Path, state: TrainState, info: dist.DistInfo) -> None:
     state.stream.load_state_dict(extra["stream"])
     state.code_counts = extra["code_counts"].to(info.device)
     state.step = int(extra["step"])
-    if len(extra["rng"]) == info.world_size:
-        ckpt.set_rng_state(extra["rng"][info.rank])
-    else:
-        logger.warning("the run was saved with %d processes and resumes with %d: random streams restart",
-                       len(extra["rng"]), info.world_size)
-        torch.manual_seed(state.step * 7919 + info.rank)
+    restore_rng(extra, info)
 
 
 # ------------------------------------------------------------------------------------------ one step
@@ -503,24 +468,6 @@ def write_samples(state: TrainState, val, run_dir: Path, count: int = 8) -> Path
 
 
 # ------------------------------------------------------------------------------------------ the run
-def _prepare_run_dir(run_dir: Path, recipe: TokenizerTrainConfig, resume: bool, info: dist.DistInfo) -> None:
-    saved = run_dir / "recipe.yaml"
-    if resume and saved.is_file():
-        import yaml
-
-        previous = recipe_from_dict(yaml.safe_load(saved.read_text()))
-        if previous != recipe:
-            ours, theirs = config_to_dict(recipe), config_to_dict(previous)
-            changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-            raise ValueError(f"the recipe differs from the one {run_dir} was started with (sections {changed}); "
-                             f"resume with the same recipe, or start a new run directory")
-    elif not resume and ckpt.latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(recipe_to_yaml(recipe))
-
-
 def train_tokenizer(
     recipe: TokenizerTrainConfig,
     run_dir: str | Path,
@@ -543,14 +490,14 @@ def train_tokenizer(
     run_dir = Path(run_dir)
     info = dist.init_distributed(device)
     try:
-        _prepare_run_dir(run_dir, recipe, resume, info)
+        prepare_run_dir(run_dir, recipe, resume, info)
         dist.barrier(info)
         state, val = build_state(recipe, info)
         latest = ckpt.latest_checkpoint(run_dir) if resume else None
         if latest is not None:
             restore_state(latest, state, info)
             if info.is_main:
-                _truncate_metrics(run_dir / "metrics.jsonl", state.step)
+                truncate_metrics(run_dir / "metrics.jsonl", state.step)
             logger.info("resumed %s at step %d", run_dir, state.step)
         else:
             torch.manual_seed(recipe.seed + info.rank)  # per-rank streams of randomness from here on
@@ -561,13 +508,6 @@ def train_tokenizer(
         return run_dir / "tokenizer"
     finally:
         dist.cleanup(info)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint a run resumes from (they will be logged again)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _log_start(recipe: TokenizerTrainConfig, state: TrainState, info: dist.DistInfo) -> None:
