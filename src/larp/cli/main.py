@@ -11,7 +11,14 @@ import os
 import sys
 
 from larp import __version__
-from larp.cli import data_commands, generate_commands, tokenizer_commands, train_commands, weights_commands
+from larp.cli import (
+    data_commands,
+    evaluate_commands,
+    generate_commands,
+    tokenizer_commands,
+    train_commands,
+    weights_commands,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_commands.register(commands)
     train_commands.register(commands)
     generate_commands.register(commands)
+    evaluate_commands.register(commands)
     weights_commands.register(commands)
     data_commands.register(commands)
     return parser

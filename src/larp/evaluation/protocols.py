@@ -12,6 +12,8 @@ Three protocols (LARP.md E.2-E.4), each an :class:`EvalProtocol` in :data:`PROTO
   UCF train video, then ``random.Random(42).sample(range(len(chunks)), 10000)``, exactly as the official
   ``sample.py``. One video per chosen clip is generated with CFG 1.25, conditioned on that clip's label, so
   the generated class histogram is the clip-weighted one; FVD of 10k generated vs the 10k real clips.
+* ``synthetic-recon`` / ``synthetic-gen`` / ``synthetic-fp``: the same three tasks on the built-in synthetic
+  data at 32x32, scored offline by the synthetic-data detector (no I3D weights needed).
 * ``k600-fp`` (frame prediction; E.4): the same chunking of Kinetics-600 val, 50,000 chunks with seed 42;
   condition on the first 5 frames (padded to 16 by repeating frame 5), generate, decode all 16 frames (the
   5 conditioning frames are re-synthesised, not pasted), resize generated and real clips to 64x64 and
@@ -197,6 +199,47 @@ PROTOCOLS: dict[str, EvalProtocol] = {
         fvd_size=64,
         reference={"fvd": 5.1},
         reference_source="README / Table 1 (LARP-L-Long-AR-FP, 632M)",
+    ),
+    # The built-in synthetic data (larp.data.synthetic), scored offline with the synthetic-data detector: a
+    # small video classifier trained on the synthetic training set, whose argmax also gives the class
+    # accuracy of class-conditional samples. Clips: the held-out set (seed 1), one 16-frame clip per video.
+    "synthetic-recon": EvalProtocol(
+        name="synthetic-recon",
+        task="reconstruction",
+        dataset="built-in synthetic moving shapes, held-out set (seed 1)",
+        size=32,
+        num_samples=512,
+        batch_size=64,
+        precision="fp32",
+        detector="synthetic",
+        metrics=("fvd", "psnr", "ssim", "class_accuracy"),
+    ),
+    "synthetic-gen": EvalProtocol(
+        name="synthetic-gen",
+        task="generation",
+        dataset="built-in synthetic moving shapes, held-out set (seed 1)",
+        size=32,
+        num_samples=512,
+        batch_size=64,
+        precision="fp32",
+        generator_precision="fp32",
+        cfg_scale=1.25,
+        labels_from_clips=True,
+        detector="synthetic",
+        metrics=("fvd", "class_accuracy"),
+    ),
+    "synthetic-fp": EvalProtocol(
+        name="synthetic-fp",
+        task="prediction",
+        dataset="built-in synthetic moving shapes, held-out set (seed 1)",
+        size=32,
+        num_samples=512,
+        batch_size=64,
+        precision="fp32",
+        generator_precision="fp32",
+        condition_frames=5,
+        detector="synthetic",
+        metrics=("fvd", "psnr", "class_accuracy"),
     ),
 }
 

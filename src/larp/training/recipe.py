@@ -222,7 +222,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = _parse_scalar(raw)
+        value = parse_scalar(raw)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -233,7 +233,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_scalar(raw: str) -> Any:
     """A command-line value: numbers as numbers (YAML 1.1 would read '4e-3' as a string), else YAML."""
     text = raw.strip()
     if not text:
