@@ -52,3 +52,21 @@ def test_tokenizer_matches_the_official_outputs(folder: Path):
     torch.testing.assert_close(
         tokenizer.decode(io["short_indices"], num_frames=short_frames), io["short_decoded"], atol=ATOL, rtol=0
     )
+
+
+def _fvd_folders() -> list[Path]:
+    folders = [OFFICIAL_FIXTURES / "fvd-math"]
+    if os.environ.get("LARP_PARITY_DIR"):
+        folders += sorted(Path(os.environ["LARP_PARITY_DIR"]).glob("fvd-*"))
+    return folders
+
+
+@pytest.mark.parametrize("folder", _fvd_folders(), ids=lambda p: p.name)
+def test_frechet_distance_matches_the_official_computation(folder: Path):
+    if not (folder / "io.safetensors").is_file():
+        pytest.skip(f"official fixture {folder} not present (set LARP_FIXTURES to the fixtures/official folder)")
+    from larp.metrics import frechet_distance
+
+    io = load_file(folder / "io.safetensors")
+    value = frechet_distance(io["real_features"], io["fake_features"])
+    assert value == pytest.approx(io["fvd"].item(), rel=1e-6)

@@ -20,6 +20,7 @@ For every named configuration below it
        tokenizer: input, indices, encoded, decoded, decoded_from_indices,
                   short_input, short_indices, short_decoded
        AR:        tokens, cond, logits, greedy, cfg_scale
+       FVD:       real_features, fake_features, fvd (the official statistics and distance)
 It also writes `manifest.json` (configurations, seeds, versions) at the top of `--out`, and prints
 robustness margins: the smallest top-1/top-2 gap of the VQ cosine similarities and of the greedy
 logits, so that a re-implementation can judge whether an integer mismatch is a real bug.
@@ -428,12 +429,65 @@ def make_ar_case(name: str, case: ARCase, out: Path, LARP_AR, ModelArgs) -> dict
 
 
 # --------------------------------------------------------------------------------------------
+# Fréchet distance (the official statistics and distance, LARP.md E.1)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FVDCase:
+    description: str
+    n_real: int
+    n_fake: int
+    dim: int
+    shift: float  # mean offset of the fake set
+    scale: float  # spread of the fake set relative to the real one
+    seed: int
+
+
+FVD_CASES: dict[str, FVDCase] = {
+    "fvd-16d": FVDCase("16-d Gaussians, 100 vs 80 samples", 100, 80, 16, 0.3, 1.2, 11),
+    "fvd-400d-rank-deficient": FVDCase("400-d (the I3D width), 300 vs 250 samples: singular covariances",
+                                       300, 250, 400, 0.1, 0.9, 12),
+    "fvd-128d-large": FVDCase("128-d, 2000 vs 1500 samples, correlated features", 2000, 1500, 128, 0.05, 1.0, 13),
+    "fvd-same-distribution": FVDCase("64-d, two draws of one distribution, 500 vs 500", 500, 500, 64, 0.0, 1.0, 14),
+}
+
+
+def import_official_fvd(src: str):
+    """The official FeatureStats / calculate_fvd (utils/fvd/fvd_math.py: the statistics part of
+    utils/fvd/fvd.py, whose dataset code needs torchvision's video_utils)."""
+    sys.path.insert(0, os.path.abspath(src))
+    from utils.fvd import fvd_math  # noqa: E402
+
+    return fvd_math
+
+
+def make_fvd_case(name: str, case: FVDCase, out: Path, fvd_math) -> dict:
+    gen = torch.Generator().manual_seed(case.seed)
+    mixing = torch.randn(case.dim, case.dim, generator=gen, dtype=torch.float64) / case.dim**0.5
+    real = (torch.randn(case.n_real, case.dim, generator=gen, dtype=torch.float64) @ mixing).float()
+    fake = (case.scale * torch.randn(case.n_fake, case.dim, generator=gen, dtype=torch.float64) @ mixing
+            + case.shift).float()  # float32, as the I3D's features
+    stats_real, stats_fake = fvd_math.FeatureStats(capture_mean_cov=True), fvd_math.FeatureStats(capture_mean_cov=True)
+    for part in real.split(64):  # in batches, as the evaluators append them
+        stats_real.append(part.numpy())
+    for part in fake.split(64):
+        stats_fake.append(part.numpy())
+    value = fvd_math.calculate_fvd(stats_fake, stats_real)
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_io(folder, {"real_features": real, "fake_features": fake,
+                      "fvd": torch.tensor([float(value)], dtype=torch.float64)})
+    return {"kind": "fvd", "description": case.description, "seed": case.seed, "fvd": float(value)}
+
+
+# --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
-    all_names = list(TOKENIZER_CASES) + list(AR_CASES)
+    all_names = list(TOKENIZER_CASES) + list(AR_CASES) + list(FVD_CASES)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--official-src", default=os.environ.get("LARP_OFFICIAL_SRC"),
                    help="checkout of the official LARP code (default: $LARP_OFFICIAL_SRC)")
@@ -444,7 +498,7 @@ def main(argv=None) -> int:
 
     if args.list:
         for n in all_names:
-            c = TOKENIZER_CASES.get(n) or AR_CASES[n]
+            c = TOKENIZER_CASES.get(n) or AR_CASES.get(n) or FVD_CASES[n]
             print(f"{n:22s} {c.description}")
         return 0
     if not args.official_src:
@@ -484,6 +538,9 @@ def main(argv=None) -> int:
                   f"vq_margin={info['vq_margin']:.2e}/{info['short_vq_margin']:.2e} "
                   f"|dec-dec_idx|={info['decode_vs_from_indices_maxdiff']:.1e}")
             ok &= info["vq_margin"] > 1e-5 and info["short_vq_margin"] > 1e-5
+        elif name in FVD_CASES:
+            info = make_fvd_case(name, FVD_CASES[name], out, import_official_fvd(args.official_src))
+            print(f"[fvd]       {name:22s} {info['description']}: {info['fvd']:.6f}")
         else:
             info = make_ar_case(name, AR_CASES[name], out, LARP_AR, ModelArgs)
             print(f"[ar]        {name:22s} params={info['num_parameters']:>9,d} keys={info['num_keys']:>3d} "
