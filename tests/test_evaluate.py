@@ -124,6 +124,7 @@ def test_generation_resumes_to_the_same_result(env):
     full = _run(protocol, applied, models, env / "full")
     assert full["counts"]["clips"] == 12 and 0 <= full["results"]["class_accuracy"] <= 1
     assert full["results"]["chance_accuracy"] == 0.25 and full["results"]["nll_sampled"] > 0
+    assert full["results"]["nll_real"] > 0
     assert _run(protocol, applied, models, env / "cut", stop_after=2) is None  # "killed" after 2 of 3 batches
     resumed = _run(protocol, applied, models, env / "cut")
     assert resumed["results"] == pytest.approx(full["results"], rel=1e-9)

@@ -229,6 +229,12 @@ def _score_batch(task: str, p: EvalProtocol, models: Models, real: torch.Tensor 
             # the sampled sequences' teacher-forced NLL (the official report's NLL_sampled)
             logits = generator(ids, cond).float()
         acc.add("nll_sampled", F.cross_entropy(logits.transpose(1, 2), ids, reduction="none").mean(1))
+        if task == "generation":  # the teacher-forced NLL of the real clips' tokens (held-out data: held-out NLL)
+            with _autocast(tok_precision, device):
+                real_ids = tokenizer.encode(real, stochastic=False)
+            with _autocast(gen_precision, device):
+                real_logits = generator(real_ids, cond).float()
+            acc.add("nll_real", F.cross_entropy(real_logits.transpose(1, 2), real_ids, reduction="none").mean(1))
         with _autocast(tok_precision, device):
             fake = tokenizer.decode(ids, num_frames=p.frames, clamp=True).float()
         if task == "prediction":
@@ -307,7 +313,7 @@ def evaluate(
     mine = [k for k in range(len(batches)) if k % world == rank]
     todo = [k for k in mine if k not in set(acc.done)]
     need_real = detector is not None and cached_real is None
-    need_video = task != "generation" or need_real
+    need_video = True  # generation too: the real clips' tokens give the held-out NLL
     device = models.tokenizer.device
     bar = tqdm(total=sum(len(batches[k]) for k in mine), initial=sum(len(batches[k]) for k in acc.done),
                desc=f"evaluate {p.name}", unit="clip", disable=not (progress and main), dynamic_ncols=True)
@@ -357,7 +363,7 @@ def evaluate(
     return record
 
 
-_METRIC_SUMS = ("clips", "skipped", "mse", "psnr", "ssim", "lpips", "nll_sampled", "class_correct")
+_METRIC_SUMS = ("clips", "skipped", "mse", "psnr", "ssim", "lpips", "nll_sampled", "nll_real", "class_correct")
 
 
 def _save(path: Path, state: dict) -> None:
@@ -372,7 +378,7 @@ def _record(task, p: EvalProtocol, overrides, sources, models: Models, acc: Accu
     if clips == 0:
         raise ValueError(f"no clip could be scored ({int(acc.sums.get('skipped', 0))} skipped): see the warnings above")
     results: dict[str, float] = {}
-    for name in ("mse", "psnr", "ssim", "lpips", "nll_sampled"):
+    for name in ("mse", "psnr", "ssim", "lpips", "nll_sampled", "nll_real"):
         if name in acc.sums:
             results[name] = acc.sums[name] / clips
     if "class_correct" in acc.sums:
@@ -408,7 +414,7 @@ def _record(task, p: EvalProtocol, overrides, sources, models: Models, acc: Accu
 def summary_line(record: dict[str, Any]) -> str:
     """One line: protocol, the values, counts and the detector."""
     names = {"fvd": "FVD", "psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "class_accuracy": "class acc",
-             "nll_sampled": "NLL(sampled)", "codebook_usage": "codebook use"}
+             "nll_real": "NLL(real)", "nll_sampled": "NLL(sampled)", "codebook_usage": "codebook use"}
     r = record["results"]
     parts = [f"{label} {r[key]:.4g}" for key, label in names.items() if key in r]
     detector = record["detector"]
