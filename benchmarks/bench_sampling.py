@@ -1,0 +1,283 @@
+"""AR generator sampling throughput and peak memory, written as JSON.
+
+Workload (DESIGN.md performance targets): "generator preset S (12 layers, width 384), 4 class-conditional
+samples x 1024 tokens, CFG 1.25", timed end to end (one call of ``generate`` with the KV cache, no warm-up;
+the official loop took 107 s on a 2-core CPU, the target is <= 21 s). Plus a grid for each ``--preset``:
+batch 1 and 32, CFG 1.25 and off, with the KV cache and without (``use_cache=False`` recomputes the whole
+prefix at every token).
+
+Tokens/s is always generated tokens per second over the whole batch (``batch * tokens / seconds``; the
+CFG rows are not counted). Decoding without the cache costs O(n^2) in the number of tokens, so the uncached
+cases generate only ``--uncached-tokens`` tokens (the model's ``max_seq_len`` is truncated to that, which
+keeps every step identical to the first steps of the full model), and each is paired with a cached run of
+the same truncated length, so that the cache speed-up is measured on the same work.
+
+Weights are random (seeded) plus N(0, 0.02^2) noise on every parameter: the fresh generator's output head
+is zero, which would make every logit equal. bf16 casts the model to bf16, as the official sampler does.
+Peak memory: CUDA max allocated; CPU peak RSS of the case's process (every case runs in a fresh
+subprocess of this script, peak RSS = VmHWM) and its growth over the RSS just before sampling.
+The script also checks that cached and uncached greedy decoding (top_k=1) give identical tokens.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_sampling.py --preset ar-tiny --dtype fp32 bf16 \
+        --out benchmarks/results/sampling-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import larp
+from larp.models.generator import GENERATOR_PRESETS
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+WORKLOAD = {"preset": "llama-abs-S", "batch": 4, "tokens": 1024, "cfg_scale": 1.25, "use_cache": True}
+OFFICIAL_WORKLOAD_S = 107.0  # DESIGN.md: the official loop, 2-core CPU, fp32
+TARGET_WORKLOAD_S = 21.0
+
+
+# ------------------------------------------------------------------------------------------ one case
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM: this process' peak RSS. Not ru_maxrss, which a child inherits from its parent across fork/exec."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def build_model(preset: str, tokens: int | None, dtype: str, device: torch.device, seed: int = 0):
+    """The preset (max_seq_len truncated to ``tokens``), with seeded noise on every weight, in eval mode."""
+    config = GENERATOR_PRESETS[preset]
+    if tokens is not None and tokens != config.max_seq_len:
+        if tokens > config.max_seq_len:
+            raise ValueError(f"{preset} generates {config.max_seq_len} tokens; {tokens} asked for")
+        config = dataclasses.replace(config, max_seq_len=tokens)
+    torch.manual_seed(seed)
+    model = larp.LARPGenerator(config)
+    with torch.no_grad():  # non-degenerate logits (the fresh output head is all zeros)
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.02)
+    return model.eval().to(device=device, dtype=DTYPES[dtype])
+
+
+def _condition(model, batch: int, device: torch.device) -> torch.Tensor:
+    config = model.config
+    if config.frame_prediction:
+        return torch.randint(0, config.vocab_size, (batch, config.max_seq_len),
+                             generator=torch.Generator().manual_seed(1)).to(device)
+    return (torch.arange(batch) % config.num_classes).to(device)
+
+
+def run_case(case: dict) -> dict:
+    """Time ``generate`` for one case (in this process); ``case`` as made by :func:`grid`."""
+    device = torch.device(case["device"])
+    model = build_model(case["preset"], case["tokens"], case["dtype"], device)
+    cond = _condition(model, case["batch"], device)
+
+    def sample():
+        generator = torch.Generator(device=device).manual_seed(0)
+        return model.generate(cond, cfg_scale=case["cfg_scale"], temperature=1.0, top_k=0, top_p=1.0,
+                              generator=generator, use_cache=case["use_cache"])
+
+    for _ in range(case["warmup"]):
+        sample()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _rss_mb()
+    times = []
+    for _ in range(case["repeats"]):
+        _sync(device)
+        start = time.perf_counter()
+        out = sample()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    n = model.config.max_seq_len
+    row = {k: case[k] for k in ("name", "preset", "dtype", "batch", "cfg_scale", "use_cache")}
+    row.update(
+        tokens_per_sample=n,
+        truncated_from=GENERATOR_PRESETS[case["preset"]].max_seq_len if n != GENERATOR_PRESETS[case["preset"]].max_seq_len else None,
+        warmup=case["warmup"],
+        repeats=case["repeats"],
+        seconds=round(seconds, 4),
+        seconds_all=[round(t, 4) for t in times],
+        tokens_per_s=round(case["batch"] * n / seconds, 2),
+        ms_per_step=round(1000 * seconds / n, 3),
+    )
+    if device.type == "cuda":
+        row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    else:
+        peak = _peak_rss_mb()
+        row["peak_rss_mb"] = round(peak, 1)
+        row["peak_rss_growth_mb"] = round(max(peak - rss_before, 0.0), 1)
+    row["sample_checksum"] = int(out.sum().item())
+    return row
+
+
+def check_cache_equivalence(preset: str, tokens: int, dtype: str, device: torch.device) -> dict:
+    """Cached vs uncached decoding on a small case: greedy (top_k=1) and seeded sampling, CFG on and off."""
+    model = build_model(preset, tokens, dtype, device)
+    cond = _condition(model, 2, device)
+    result = {"preset": preset, "dtype": dtype, "batch": 2, "tokens_per_sample": model.config.max_seq_len}
+    scales = [1.0, 1.25] if model.config.has_null_class else [1.0]
+    for scale in scales:
+        for mode, options in (("greedy", {"top_k": 1}), ("sampled", {"temperature": 1.0})):
+            outs = []
+            for use_cache in (True, False):
+                generator = torch.Generator(device=device).manual_seed(0)
+                outs.append(model.generate(cond, cfg_scale=scale, generator=generator, use_cache=use_cache, **options))
+            result[f"{mode}_cfg{scale}_identical"] = bool(torch.equal(outs[0], outs[1]))
+            result[f"{mode}_cfg{scale}_share_equal"] = round((outs[0] == outs[1]).float().mean().item(), 4)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ driver
+def grid(args) -> list[dict]:
+    cases = []
+    base = {"device": args.device}
+    if args.workload != "off":
+        for dtype in args.dtype:
+            cases.append({**base, **WORKLOAD, "name": "design-workload", "dtype": dtype, "warmup": 0, "repeats": 1})
+    if args.workload == "only":
+        return cases
+    for preset in args.preset:
+        config = GENERATOR_PRESETS[preset]
+        full = config.max_seq_len
+        short = min(args.uncached_tokens, full)
+        scales = [s for s in args.cfg_scales if s == 1.0 or config.has_null_class]
+        for dtype in args.dtype:
+            for batch in args.batches:
+                for scale in scales:
+                    common = {**base, "preset": preset, "dtype": dtype, "batch": batch, "cfg_scale": scale,
+                              "warmup": args.warmup, "repeats": args.repeats}
+                    if not args.skip_full_cached and short != full:
+                        cases.append({**common, "name": "cached-full", "tokens": full, "use_cache": True})
+                    cases.append({**common, "name": "cached", "tokens": short, "use_cache": True})
+                    cases.append({**common, "name": "uncached", "tokens": short, "use_cache": False})
+    return cases
+
+
+def run_in_subprocess(case: dict) -> dict:
+    command = [sys.executable, __file__, "--case", json.dumps(case)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {**case, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """Cache speed-up of each (preset, dtype, batch, cfg) at the same truncated length."""
+    out = []
+    for row in rows:
+        if row.get("name") != "uncached" or "seconds" not in row:
+            continue
+        key = ("preset", "dtype", "batch", "cfg_scale", "tokens_per_sample")
+        match = [r for r in rows if r.get("name") == "cached" and all(r.get(k) == row.get(k) for k in key)]
+        if match:
+            out.append({**{k: row[k] for k in key}, "cache_speedup": round(row["seconds"] / match[0]["seconds"], 2)})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", nargs="+", default=["llama-abs-S"], choices=sorted(GENERATOR_PRESETS),
+                        help="presets of the batch/CFG/cache grid")
+    parser.add_argument("--dtype", nargs="+", default=["fp32"], choices=sorted(DTYPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--cfg-scales", nargs="+", type=float, default=[1.0, 1.25])
+    parser.add_argument("--uncached-tokens", type=int, default=128,
+                        help="tokens per sample of the uncached cases and their cached pairs (max_seq_len truncated)")
+    parser.add_argument("--skip-full-cached", action="store_true",
+                        help="no cached run at the preset's full length when it differs from --uncached-tokens")
+    parser.add_argument("--workload", choices=["on", "off", "only"], default="on",
+                        help="the DESIGN.md workload (llama-abs-S, 4 x 1024 tokens, CFG 1.25, cached, end to end)")
+    parser.add_argument("--check-tokens", type=int, default=32, help="length of the cached/uncached equivalence check")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="JSON file to write")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    args = parser.parse_args()
+    if args.case is not None:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    checks = []
+    for preset in dict.fromkeys(args.preset + ([WORKLOAD["preset"]] if args.workload != "off" else [])):
+        tokens = min(args.check_tokens, GENERATOR_PRESETS[preset].max_seq_len)
+        checks.append(check_cache_equivalence(preset, tokens, "fp32", device))
+        print(json.dumps(checks[-1]), flush=True)
+    rows = []
+    for case in grid(args):
+        rows.append(run_in_subprocess(case))
+        print(json.dumps(rows[-1]), flush=True)
+    workload = [r for r in rows if r.get("name") == "design-workload" and "seconds" in r]
+    report = {
+        "benchmark": "generator sampling",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu_count": os.cpu_count(),
+            "load_average_at_start": os.getloadavg(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
+        "torch": torch.__version__,
+        "larp": larp.__version__,
+        "device": args.device,
+        "notes": [
+            "tokens_per_s = batch * tokens_per_sample / seconds (CFG rows not counted), median of `repeats` "
+            "calls of generate() after `warmup` calls, each case in a fresh subprocess",
+            f"uncached cases (use_cache=False) and their 'cached' pairs generate {args.uncached_tokens} tokens per "
+            "sample (max_seq_len truncated; 'truncated_from' gives the preset's length); 'cached-full' is the "
+            "preset's full length",
+            "design-workload: llama-abs-S, 4 samples x 1024 tokens, CFG 1.25, KV cache, temperature 1, no top-k/p, "
+            "one end-to-end call without warm-up",
+            "weights random + N(0, 0.02^2) noise (non-degenerate logits)",
+            "peak_rss_mb: the case process' peak RSS; peak_rss_growth_mb: its growth over the RSS just before the "
+            "timed calls (after model build and warm-up)",
+        ],
+        "design_workload": [
+            {"dtype": r["dtype"], "seconds": r["seconds"], "official_s": OFFICIAL_WORKLOAD_S, "target_s": TARGET_WORKLOAD_S,
+             "speedup_vs_official": round(OFFICIAL_WORKLOAD_S / r["seconds"], 2), "meets_target": r["seconds"] <= TARGET_WORKLOAD_S}
+            for r in workload
+        ],
+        "cache_equivalence": checks,
+        "cache_speedups": speedups(rows),
+        "results": rows,
+        "total_wall_s": round(time.perf_counter() - started, 1),
+    }
+    print(json.dumps({"design_workload": report["design_workload"], "cache_speedups": report["cache_speedups"]}, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
