@@ -177,3 +177,18 @@ def test_the_synthetic_detector_separates_real_from_corrupted_clips():
     distances = [frechet_distance(reference, extract_features(classifier, (other + s * noise).clamp(0, 1)))
                  for s in (0.0, 0.1, 0.3)]
     assert distances[0] < distances[1] < distances[2]
+
+
+def test_reconstruction_reports_lpips_when_weights_are_given(env, videos, tiny_tokenizer, tmp_path):
+    from larp.losses.perceptual import convert_lpips_weights
+    from tests.test_perceptual import fake_lpips_state, fake_vgg16_state
+
+    torch.save(fake_vgg16_state(), tmp_path / "vgg16.pth")
+    torch.save(fake_lpips_state(), tmp_path / "vgg.pth")
+    weights = convert_lpips_weights(tmp_path / "vgg16.pth", tmp_path / "vgg.pth", tmp_path / "lpips.safetensors")
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "reconstruction", "--data", str(videos), "--tokenizer",
+                 str(tiny_tokenizer.save_pretrained(tmp_path / "tok")), "--set", "size=32", "--detector", "none",
+                 "--lpips-weights", str(weights), "-o", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["results"]["lpips"] > 0 and record["sources"]["lpips"] is True
