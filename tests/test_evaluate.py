@@ -192,3 +192,15 @@ def test_reconstruction_reports_lpips_when_weights_are_given(env, videos, tiny_t
                  "--lpips-weights", str(weights), "-o", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["results"]["lpips"] > 0 and record["sources"]["lpips"] is True
+
+
+def test_prediction_scores_the_predicted_frames(env):
+    torch.manual_seed(0)
+    tokenizer = perturb_(larp.LARPTokenizer.from_preset("larp-tiny"), seed=1).eval()
+    generator = perturb_(larp.LARPGenerator.from_preset("ar-fp-tiny"), seed=2).eval()
+    protocol, applied = resolve_protocol("synthetic-fp", {"num_samples": 4, "batch_size": 2})
+    models = Models(tokenizer=tokenizer, generator=generator, detector=None)
+    record = evaluate("prediction", protocol, models, ClipSource("synthetic", protocol), overrides=applied,
+                      sources={}, work_dir=env / "fp", progress=False)
+    assert record["counts"]["clips"] == 4 and record["results"]["psnr"] > 0 and "fvd" not in record["results"]
+    assert protocol.condition_frames == 5 and not list((env / "fp").glob("partial-*"))  # removed when complete

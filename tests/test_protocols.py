@@ -11,7 +11,11 @@ from larp.evaluation.protocols import PROTOCOLS, EvalProtocol, resolve_protocol,
 
 def test_paper_protocols():
     recon, gen, fp = PROTOCOLS["ucf-recon"], PROTOCOLS["ucf-gen"], PROTOCOLS["k600-fp"]
-    assert set(PROTOCOLS) == {"ucf-recon", "ucf-gen", "k600-fp"}
+    assert set(PROTOCOLS) == {"ucf-recon", "ucf-gen", "k600-fp", "synthetic-recon", "synthetic-gen", "synthetic-fp"}
+    assert {p.task for name, p in PROTOCOLS.items() if name.startswith("synthetic")} == {
+        "reconstruction", "generation", "prediction"}
+    assert all(PROTOCOLS[name].detector == "synthetic" and PROTOCOLS[name].size == 32
+               for name in PROTOCOLS if name.startswith("synthetic"))
     for protocol in (recon, gen, fp):
         assert protocol.frames == 16 and protocol.size == 128 and protocol.detector == "i3d"
     assert recon.task == "reconstruction" and recon.clip_selection == "one-per-video"
@@ -40,7 +44,7 @@ def test_resolve_protocol_records_overrides():
 
 
 def test_resolve_protocol_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"valid protocols are \['k600-fp', 'ucf-gen', 'ucf-recon'\]"):
+    with pytest.raises(ValueError, match=r"valid protocols are \['k600-fp', 'synthetic-fp', 'synthetic-gen', 'synthetic-recon', 'ucf-gen', 'ucf-recon'\]"):
         resolve_protocol("ucf-rfvd", {})
     with pytest.raises(ValueError, match="valid fields are .*num_samples"):
         resolve_protocol("ucf-gen", {"num_sample": 5})

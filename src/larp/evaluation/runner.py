@@ -195,7 +195,7 @@ def _resize(video: torch.Tensor, size: int | None) -> torch.Tensor:
 
 @torch.no_grad()
 def _score_batch(task: str, p: EvalProtocol, models: Models, real: torch.Tensor | None, labels: torch.Tensor,
-                 rng: torch.Generator, acc: Accumulator, *, need_real_features: bool) -> None:
+                 rng: torch.Generator, acc: Accumulator, *, need_real_features: bool, score_classes: bool) -> None:
     """Run one batch of the task and add its numbers to ``acc``."""
     tokenizer = models.tokenizer
     device = tokenizer.device
@@ -248,7 +248,7 @@ def _score_batch(task: str, p: EvalProtocol, models: Models, real: torch.Tensor 
         acc.fake.update(models.detector.features(fake_scored))
         if need_real_features:
             acc.real.update(models.detector.features(_resize(real, p.fvd_size)))
-        if isinstance(models.detector, ClassifierDetector) and labels.ge(0).all():
+        if score_classes and isinstance(models.detector, ClassifierDetector) and labels.ge(0).all():
             acc.add("class_correct", (models.detector.predict(fake_scored) == labels.cpu()).float())
 
 
@@ -333,7 +333,10 @@ def evaluate(
         if kept:
             labels = torch.tensor([source.label(item) for item in kept])
             rng = torch.Generator(device).manual_seed(p.seed * 1_000_003 + k)
-            _score_batch(task, p, models, real, labels, rng, acc, need_real_features=need_real)
+            # class accuracy only where the labels are the detector's classes (the synthetic data); a folder's
+            # labels number its sub-folders alphabetically
+            _score_batch(task, p, models, real, labels, rng, acc, need_real_features=need_real,
+                         score_classes=source.synthetic is not None)
         acc.done.append(k)
         bar.update(len(batch))
         if count % _SAVE_EVERY == 0 or count == len(todo) or (stop_after is not None and count >= stop_after):
@@ -352,6 +355,7 @@ def evaluate(
         totals = reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
         acc.sums = {n: totals[i] for i, n in enumerate(names) if totals[len(names) + i] > 0}
         acc.codes = reduce_sum(acc.codes)
+    partial.unlink(missing_ok=True)  # complete: a new run starts afresh (the result holds everything)
     if not main:
         return None
     if need_real and real_path is not None:
