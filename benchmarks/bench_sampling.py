@@ -27,9 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine, peak_rss_mb, rss_mb, sync
 
 import larp
 from larp.models.generator import GENERATOR_PRESETS
@@ -48,25 +46,6 @@ TARGET_WORKLOAD_S = 21.0
 
 
 # ------------------------------------------------------------------------------------------ one case
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_rss_mb() -> float:
-    """VmHWM: this process' peak RSS. Not ru_maxrss, which a child inherits from its parent across fork/exec."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def build_model(preset: str, tokens: int | None, dtype: str, device: torch.device, seed: int = 0):
     """The preset (max_seq_len truncated to ``tokens``), with seeded noise on every weight, in eval mode."""
     config = GENERATOR_PRESETS[preset]
@@ -103,16 +82,16 @@ def run_case(case: dict) -> dict:
 
     for _ in range(case["warmup"]):
         sample()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     times = []
     for _ in range(case["repeats"]):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         out = sample()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     n = model.config.max_seq_len
@@ -130,7 +109,7 @@ def run_case(case: dict) -> dict:
     if device.type == "cuda":
         row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     else:
-        peak = _peak_rss_mb()
+        peak = peak_rss_mb()
         row["peak_rss_mb"] = round(peak, 1)
         row["peak_rss_growth_mb"] = round(max(peak - rss_before, 0.0), 1)
     row["sample_checksum"] = int(out.sum().item())
@@ -239,15 +218,7 @@ def main() -> None:
     workload = [r for r in rows if r.get("name") == "design-workload" and "seconds" in r]
     report = {
         "benchmark": "generator sampling",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "cpu_count": os.cpu_count(),
-            "load_average_at_start": os.getloadavg(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        },
+        "machine": machine(device),
         "torch": torch.__version__,
         "larp": larp.__version__,
         "device": args.device,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import resource
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import machine, sync
 
 import larp
 
@@ -33,11 +33,6 @@ MODES = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -48,10 +43,10 @@ def _time(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -122,12 +117,7 @@ def main() -> None:
     results = [row for preset in args.presets for row in bench_preset(preset, args.dtypes, args.batch, args.repeats, device)]
     report = {
         "benchmark": "tokenizer encode/decode",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        },
+        "machine": machine(device),
         "torch": torch.__version__,
         "larp": larp.__version__,
         "results": results,

@@ -24,9 +24,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine, peak_rss_mb, rss_mb, sync
 
 import larp
 from larp.training import distributed as dist
@@ -46,25 +44,6 @@ CASES = {
     "tokenizer-larp-l": {"kind": "tokenizer", "recipe": "configs/larp-l-long.yaml", "overrides": ["data.num_workers=0"], "cuda_only": True},
     "generator-LP": {"kind": "generator", "recipe": "configs/ucf-ar.yaml", "overrides": ["data.num_workers=0"], "cuda_only": True},
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_rss_mb() -> float:
-    """VmHWM: this process' peak RSS. Not ru_maxrss, which a child inherits from its parent across fork/exec."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _tokenizer_setup(recipe: TokenizerTrainConfig, info: dist.DistInfo, notes: list[str]):
@@ -133,18 +112,18 @@ def run_case(name: str, device: str, warmup: int, steps: int) -> dict:
         recipe = load_recipe(ROOT / spec["recipe"], spec["overrides"], GeneratorTrainConfig)
         step, batch, params, info_row = _generator_setup(recipe, info, notes)
     dev = info.device
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     for _ in range(warmup):
         step()
-    _sync(dev)
+    sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for _ in range(steps):
-        _sync(dev)
+        sync(dev)
         start = time.perf_counter()
         metrics = step()  # returns floats: one host sync per step
-        _sync(dev)
+        sync(dev)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     row = {"case": name, "recipe": spec["recipe"], "batch": batch, "params_m": round(params / 1e6, 2), **info_row,
@@ -154,7 +133,7 @@ def run_case(name: str, device: str, warmup: int, steps: int) -> dict:
     if dev.type == "cuda":
         row["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
     else:
-        peak = _peak_rss_mb()
+        peak = peak_rss_mb()
         row["peak_rss_mb"] = round(peak, 1)
         row["peak_rss_growth_mb"] = round(max(peak - rss_before, 0.0), 1)
     if notes:
@@ -192,15 +171,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     report = {
         "benchmark": "training step",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_threads": torch.get_num_threads(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "cpu_count": os.cpu_count(),
-            "load_average_at_start": os.getloadavg(),
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        },
+        "machine": machine(device),
         "torch": torch.__version__,
         "larp": larp.__version__,
         "device": args.device,
