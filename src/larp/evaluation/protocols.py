@@ -153,6 +153,17 @@ class EvalProtocol:
         return config_to_dict(self)
 
 
+# What the synthetic protocols share: 512 held-out 32x32 clips, fp32, the synthetic-data detector.
+_SYNTHETIC = dict(
+    dataset="built-in synthetic moving shapes, held-out set (seed 1)",
+    size=32,
+    num_samples=512,
+    batch_size=64,
+    precision="fp32",
+    generator_precision="fp32",
+    detector="synthetic",
+)
+
 PROTOCOLS: dict[str, EvalProtocol] = {
     # LARP.md E.2; reference: the comment at the end of the official eval_larp_tokenizer.py.
     "ucf-recon": EvalProtocol(
@@ -206,40 +217,23 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "synthetic-recon": EvalProtocol(
         name="synthetic-recon",
         task="reconstruction",
-        dataset="built-in synthetic moving shapes, held-out set (seed 1)",
-        size=32,
-        num_samples=512,
-        batch_size=64,
-        precision="fp32",
-        detector="synthetic",
         metrics=("fvd", "psnr", "ssim", "class_accuracy"),
+        **_SYNTHETIC,
     ),
     "synthetic-gen": EvalProtocol(
         name="synthetic-gen",
         task="generation",
-        dataset="built-in synthetic moving shapes, held-out set (seed 1)",
-        size=32,
-        num_samples=512,
-        batch_size=64,
-        precision="fp32",
-        generator_precision="fp32",
         cfg_scale=1.25,
         labels_from_clips=True,
-        detector="synthetic",
         metrics=("fvd", "class_accuracy"),
+        **_SYNTHETIC,
     ),
     "synthetic-fp": EvalProtocol(
         name="synthetic-fp",
         task="prediction",
-        dataset="built-in synthetic moving shapes, held-out set (seed 1)",
-        size=32,
-        num_samples=512,
-        batch_size=64,
-        precision="fp32",
-        generator_precision="fp32",
         condition_frames=5,
-        detector="synthetic",
         metrics=("fvd", "psnr", "class_accuracy"),
+        **_SYNTHETIC,
     ),
 }
 
