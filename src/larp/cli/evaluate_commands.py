@@ -130,13 +130,11 @@ def _check_tokenizer(tokenizer, protocol) -> None:
 def _load_generator(args: argparse.Namespace, tokenizer, device: torch.device):
     if not args.generator:
         return None
-    from larp.models.generator import LARPGenerator
+    from larp.models.generator import LARPGenerator, check_matches_tokenizer
 
     generator = LARPGenerator.from_pretrained(args.generator, device=device)
-    g, t = generator.config, tokenizer.config
-    if g.vocab_size != t.quantizer.codebook_size or g.max_seq_len != t.num_tokens:
-        raise ValueError(f"the generator models {g.max_seq_len} tokens from a vocabulary of {g.vocab_size}, but the "
-                         f"tokenizer makes {t.num_tokens} from {t.quantizer.codebook_size}: they do not belong together")
+    check_matches_tokenizer(generator.config, tokenizer.config)
+    g = generator.config
     if g.frame_prediction != (args.task == "prediction"):
         kind = "frame-prediction" if g.frame_prediction else "class-conditional"
         raise ValueError(f"{args.task} needs a {'frame-prediction' if args.task == 'prediction' else 'class-conditional'} "

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from larp.cli.tokenizer_commands import DTYPES, load_tokenizer, precision
 from larp.data.video_io import condition_clip, make_grid, read_video, write_video
-from larp.models.generator import LARPGenerator
+from larp.models.generator import LARPGenerator, check_matches_tokenizer
 from larp.models.tokenizer import LARPTokenizer
 
 logger = logging.getLogger(__name__)
@@ -56,12 +56,7 @@ def load_pair(args: argparse.Namespace) -> tuple[LARPGenerator, LARPTokenizer, s
     dtype = args.dtype or ("bf16" if torch.device(device).type == "cuda" else "fp32")
     tokenizer = load_tokenizer(args.tokenizer, device, dtype)
     generator = LARPGenerator.from_pretrained(args.generator, device=device)
-    g, t = generator.config, tokenizer.config
-    if g.vocab_size != t.quantizer.codebook_size or g.max_seq_len != t.num_tokens:
-        raise ValueError(
-            f"the generator models {g.max_seq_len} tokens from a vocabulary of {g.vocab_size}, but the tokenizer "
-            f"makes {t.num_tokens} tokens from a codebook of {t.quantizer.codebook_size}: they do not belong together"
-        )
+    check_matches_tokenizer(generator.config, tokenizer.config)
     return generator, tokenizer, dtype
 
 

@@ -426,4 +426,16 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         return f"{kind}, {self.config.max_seq_len} tokens, vocab {self.config.vocab_size}"
 
 
-__all__ = ["GENERATOR_PRESETS", "GeneratorConfig", "LARPGenerator", "find_multiple"]
+def check_matches_tokenizer(config: GeneratorConfig, tokenizer_config) -> None:
+    """Raise ValueError unless a generator with ``config`` models the tokens of a tokenizer with
+    ``tokenizer_config`` (a ``TokenizerConfig``): the same number of tokens per clip, from its codebook."""
+    codebook, tokens = tokenizer_config.quantizer.codebook_size, tokenizer_config.num_tokens
+    if config.vocab_size != codebook or config.max_seq_len != tokens:
+        raise ValueError(
+            f"the generator models {config.max_seq_len} tokens from a vocabulary of {config.vocab_size}, but the "
+            f"tokenizer makes {tokens} tokens from a codebook of {codebook}: they do not belong together "
+            f"(a generator for it has vocab_size={codebook}, max_seq_len={tokens})"
+        )
+
+
+__all__ = ["GENERATOR_PRESETS", "GeneratorConfig", "LARPGenerator", "check_matches_tokenizer", "find_multiple"]

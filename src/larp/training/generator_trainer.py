@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from larp.data.video_io import make_grid, write_video
-from larp.models.generator import LARPGenerator
+from larp.models.generator import LARPGenerator, check_matches_tokenizer
 from larp.models.tokenizer import LARPTokenizer
 from larp.training import checkpoint as ckpt
 from larp.training import distributed as dist
@@ -73,13 +73,7 @@ def load_frozen_tokenizer(recipe: GeneratorTrainConfig, device: torch.device) ->
     """The tokenizer whose tokens the generator models, frozen, and checked against the generator config."""
     tokenizer = LARPTokenizer.from_pretrained(recipe.tokens.tokenizer, device=device)
     tokenizer.eval().requires_grad_(False)
-    t, g = tokenizer.config, recipe.model
-    if g.vocab_size != t.quantizer.codebook_size or g.max_seq_len != t.num_tokens:
-        raise ValueError(
-            f"model.vocab_size / model.max_seq_len are {g.vocab_size} / {g.max_seq_len}, but the tokenizer "
-            f"{recipe.tokens.tokenizer} makes {t.num_tokens} tokens from a codebook of {t.quantizer.codebook_size}: "
-            f"set model.vocab_size={t.quantizer.codebook_size} model.max_seq_len={t.num_tokens}"
-        )
+    check_matches_tokenizer(recipe.model, tokenizer.config)
     return tokenizer
 
 
