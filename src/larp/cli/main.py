@@ -13,6 +13,7 @@ import sys
 from larp import __version__
 from larp.cli import (
     data_commands,
+    demo_commands,
     evaluate_commands,
     generate_commands,
     tokenizer_commands,
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_commands.register(commands)
     weights_commands.register(commands)
     data_commands.register(commands)
+    demo_commands.register(commands)
     return parser
 
 

@@ -126,20 +126,22 @@ class Models:
     lpips: Any = None
 
 
-def synthetic_detector(protocol: EvalProtocol, device: torch.device, *, progress: bool = False) -> ClassifierDetector:
+def synthetic_detector(protocol: EvalProtocol, device: torch.device, *, folder: str | os.PathLike | None = None,
+                       steps: int = 300, progress: bool = False) -> ClassifierDetector:
     """The synthetic-data detector for the protocol's clip size: trained once on the synthetic training
-    set (seed 0, never the held-out clips) and cached under ``<cache>/detectors/``."""
+    set (seed 0, never the held-out clips) for ``steps`` steps and kept in ``folder`` (default: cached under
+    ``<cache>/detectors/``)."""
     from dataclasses import replace
 
     from larp.data.synthetic import SyntheticConfig, SyntheticVideos
     from larp.evaluation.video_classifier import VIDEO_CLASSIFIER_PRESETS, VideoClassifier, train_video_classifier
 
-    folder = cache_dir() / "detectors" / f"synthetic-{protocol.frames}x{protocol.size}"
+    folder = Path(folder) if folder is not None else cache_dir() / "detectors" / f"synthetic-{protocol.frames}x{protocol.size}"
     if not (folder / "model.safetensors").is_file():
-        logger.info("training the synthetic-data detector (once; cached in %s)", folder)
+        logger.info("training the synthetic-data detector (once; kept in %s)", folder)
         config = replace(VIDEO_CLASSIFIER_PRESETS["synthetic-32"], frames=protocol.frames, input_size=protocol.size)
         data = SyntheticVideos(SyntheticConfig(num_videos=8192, seed=0, frames=protocol.frames, size=protocol.size))
-        train_video_classifier(data, config=config, steps=300, progress=progress).save_pretrained(folder)
+        train_video_classifier(data, config=config, steps=steps, progress=progress).save_pretrained(folder)
     return ClassifierDetector(VideoClassifier.from_pretrained(folder, device=device), source=folder)
 
 

@@ -1,0 +1,114 @@
+"""What the demo trains and measures: two plans, the default (about 15 minutes on a 2-core CPU) and
+``quick`` (about a minute; it checks the mechanics, not the quality).
+
+The default plan was tuned on a 2-core CPU until the synthetic-data detector recognised the motion class of
+>= 90% of reconstructions and >= 80% of class-conditional samples (README, "The demo"). What it took, from
+``notes/small-scale-training.md`` and the measurements made for the demo:
+
+* data: 16 frames of 32x32, one 12-16 px shape on black moving in 4 directions;
+* tokenizer: the ``tiny-cpu`` recipe (a continuous warm-up before quantizing, the codebook seeded from the
+  latents, dead-code restarts, a prior whose loss weight ramps in once reconstruction has started), with
+  nested token dropout so that any prefix of the 32 tokens decodes;
+* generators: 4-layer, width-256 Llama-style models on the cached tokens (a class-conditional one, and a
+  frame predictor that continues the first 5 frames of a clip).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from larp.config import config_to_dict
+from larp.training.recipe import GeneratorTrainConfig, TokenizerTrainConfig, recipe_from_dict
+
+__all__ = ["DemoPlan", "demo_plan"]
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Every setting of one demo run. The trainers' recipes are complete: the demo adds nothing to them."""
+
+    name: str  # "default" or "quick"
+    tokenizer: TokenizerTrainConfig
+    generator: GeneratorTrainConfig  # class-conditional
+    predictor: GeneratorTrainConfig  # frame prediction
+    detector_steps: int  # training steps of the synthetic-data detector (a small 3D-conv classifier)
+    eval_clips: int  # held-out clips scored for reconstruction and frame prediction
+    samples_per_class: int  # class-conditional samples scored per class
+    token_budgets: tuple[int, ...]  # prefixes of the token sequence decoded for the PSNR-vs-tokens curve
+    cfg_scale: float  # classifier-free guidance of the class-conditional samples
+    gif_clips: int  # clips per class (and predictions) shown in the report
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+def _tokenizer_recipe(quick: bool) -> TokenizerTrainConfig:
+    data: dict[str, Any] = {
+        "model_preset": "larp-tiny",
+        "model": {"num_tokens": 32, "encoder_hidden_size": 128, "decoder_hidden_size": 128,
+                  "quantizer": {"codebook_size": 256}, "nested_dropout": True},
+        "prior_preset": "gptc-xxs",
+        "prior_model": {"num_layers": 2, "num_heads": 4, "width": 128, "max_seq_len": 32},
+        "nested_dropout_prob": 0.25,
+        "steps": 1500,
+        "batch_size": 32,
+        "precision": "fp32",
+        "optim": {"lr": 2e-3, "betas": [0.9, 0.99], "warmup_steps": 100, "min_lr_mult": 0.05, "grad_clip": 1.0,
+                  "query_lr_mult": 10.0},
+        "prior": {"weight_delay": 700, "weight_ramp": 200},
+        "loss": {"l1_weight": 1.0, "mse_weight": 1.0, "perceptual_weight": 0.0, "gan": {"disc_weight": 0.0}},
+        "codebook": {"continuous_warmup": 600, "init_from_data": True, "dead_code_restart": True, "restart_every": 50},
+        "data": {"synthetic_videos": 8192, "num_workers": 0},
+        "log_every": 10, "eval_every": 250, "sample_every": 500, "checkpoint_every": 250,
+    }
+    if quick:
+        data.update(steps=30, eval_every=15, sample_every=30, checkpoint_every=15, log_every=5)
+        data["codebook"] = {**data["codebook"], "continuous_warmup": 10, "restart_every": 5}
+        data["prior"] = {"weight_delay": 5, "weight_ramp": 5}
+        data["data"] = {"synthetic_videos": 256, "val_videos": 32, "num_workers": 0}
+        data["batch_size"] = 8
+    return recipe_from_dict(data, TokenizerTrainConfig)
+
+
+def _generator_recipe(tokenizer: str, cache: str, quick: bool, *, frame_prediction: bool) -> GeneratorTrainConfig:
+    data: dict[str, Any] = {
+        "model_preset": "ar-fp-tiny" if frame_prediction else "ar-tiny",
+        "model": {"dim": 256, "n_layer": 4, "n_head": 8, "vocab_size": 256, "max_seq_len": 32,
+                  **({} if frame_prediction else {"num_classes": 4})},
+        "tokens": {"tokenizer": tokenizer, "cache": cache},
+        "data": {"synthetic_videos": 8192, "num_workers": 0},
+        "optim": {"lr": 1e-3, "warmup_steps": 50, "weight_decay": 0.05, "min_lr_mult": 0.05},
+        "condition_frames": 5,
+        "steps": 500,
+        "batch_size": 64,
+        "sampling": {"classes": 4, "per_class": 4, "cfg_scale": 1.25},
+        "log_every": 10, "eval_every": 250, "sample_every": 500, "checkpoint_every": 250,
+    }
+    if quick:
+        data["model"].update(dim=64, n_layer=2, n_head=4)
+        data["data"] = {"synthetic_videos": 128, "val_videos": 32, "num_workers": 0}
+        data.update(steps=20, batch_size=16, eval_every=10, sample_every=20, checkpoint_every=10, log_every=5)
+        data["sampling"] = {"classes": 4, "per_class": 1, "cfg_scale": 1.25}
+    return recipe_from_dict(data, GeneratorTrainConfig)
+
+
+def demo_plan(root: str | Path, *, quick: bool = False) -> DemoPlan:
+    """The demo's plan for the demo folder ``root`` (the generators' recipes name the trained tokenizer in
+    ``root/models/tokenizer`` and their token caches in ``root/cache``)."""
+    root = Path(root)
+    tokenizer_dir = str(root / "models" / "tokenizer")
+    return DemoPlan(
+        name="quick" if quick else "default",
+        tokenizer=_tokenizer_recipe(quick),
+        generator=_generator_recipe(tokenizer_dir, str(root / "cache" / "tokens"), quick, frame_prediction=False),
+        predictor=_generator_recipe(tokenizer_dir, str(root / "cache" / "tokens-fp"), quick, frame_prediction=True),
+        detector_steps=20 if quick else 300,
+        eval_clips=32 if quick else 256,
+        samples_per_class=8 if quick else 64,
+        token_budgets=(4, 8, 16, 32) if quick else (2, 4, 8, 12, 16, 24, 32),
+        cfg_scale=1.25,
+        gif_clips=2 if quick else 4,
+    )
