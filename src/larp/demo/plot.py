@@ -208,14 +208,18 @@ def line_plot(
     canvas[top:bottom + 1, left] = _AXIS
     canvas[bottom, left:right + 1] = _AXIS
 
-    legend_y = top + 6
-    for i, (s, (x, y)) in enumerate(zip(series, points)):
-        color = s.color or PALETTE[i % len(PALETTE)]
+    colors = [s.color or PALETTE[i % len(PALETTE)] for i, s in enumerate(series)]
+    for s, color, (x, y) in zip(series, colors, points):
         if x.size:
             _draw_polyline(canvas, sx(x), sy(y), color)
             if s.marker:
                 for px, py in zip(sx(x), sy(y)):
                     _draw_polyline(canvas, np.array([px]), np.array([py]), color)
+    legend_y = top + 6
+    if len(series) > 1:  # the legend sits on a white box, over the lines
+        box_w = max(text_width(s.name, scale) for s in series) + 34
+        canvas[top + 2 : top + 8 + len(series) * (glyph_h + 6), right - box_w - 4 : right - 2] = 255
+    for s, color in zip(series, colors):
         if len(series) > 1 or s.name:
             lx = right - text_width(s.name, scale) - 8
             canvas[legend_y + glyph_h // 2 - 2 : legend_y + glyph_h // 2 + 2, lx - 22 : lx - 6] = color
