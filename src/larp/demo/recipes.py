@@ -12,7 +12,7 @@ The default plan was tuned on a 2-core CPU until the synthetic-data detector rec
   prefix of the 32 tokens decodes. Measured (one thread, 9 min): class accuracy of reconstructions 1.00 from
   32 tokens, 0.84 from 4; 20.5 dB. With 25% dropout and the warm-up cut to 300-400 steps, the codebook
   collapsed (1-2% of the codes in use) before the model had found the object;
-* generators: 4-layer, width-128 Llama-style models (0.9M parameters) on the cached tokens, 600 steps of 64
+* generators: 4-layer, width-128 Llama-style models (1.1M parameters) on the cached tokens, 600 steps of 64
   sequences: a class-conditional one, and a frame predictor that continues the first 5 frames of a clip.
   (Measured on that tokenizer: 0.996 class accuracy of samples; width 192 x 3 layers, 400 steps: 0.984.)
 """
