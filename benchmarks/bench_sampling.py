@@ -180,6 +180,45 @@ def speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
+def build_report(args, device, checks: list, rows: list, started: float) -> dict:
+    """The JSON written to --out: rewritten after every case, so a stopped run keeps what it measured."""
+    workload = [r for r in rows if r.get("name") == "design-workload" and "seconds" in r]
+    return {
+        "benchmark": "generator sampling",
+        "machine": machine(device),
+        "torch": torch.__version__,
+        "larp": larp.__version__,
+        "device": args.device,
+        "notes": [
+            "tokens_per_s = batch * tokens_per_sample / seconds (CFG rows not counted), median of `repeats` "
+            "calls of generate() after `warmup` calls, each case in a fresh subprocess",
+            f"uncached cases (use_cache=False) and their 'cached' pairs generate {args.uncached_tokens} tokens per "
+            "sample (max_seq_len truncated; 'truncated_from' gives the preset's length); 'cached-full' is the "
+            "preset's full length",
+            "design-workload: llama-abs-S, 4 samples x 1024 tokens, CFG 1.25, KV cache, temperature 1, no top-k/p, "
+            "one end-to-end call without warm-up",
+            "weights random + N(0, 0.02^2) noise (non-degenerate logits)",
+            "peak_rss_mb: the case process' peak RSS; peak_rss_growth_mb: its growth over the RSS just before the "
+            "timed calls (after model build and warm-up)",
+        ],
+        "design_workload": [
+            {"dtype": r["dtype"], "seconds": r["seconds"], "official_s": OFFICIAL_WORKLOAD_S, "target_s": TARGET_WORKLOAD_S,
+             "speedup_vs_official": round(OFFICIAL_WORKLOAD_S / r["seconds"], 2), "meets_target": r["seconds"] <= TARGET_WORKLOAD_S}
+            for r in workload
+        ],
+        "cache_equivalence": checks,
+        "cache_speedups": speedups(rows),
+        "results": rows,
+        "total_wall_s": round(time.perf_counter() - started, 1),
+        "complete": len(rows) == len(grid(args)),
+    }
+
+
+def write_json(path: str, report: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["llama-abs-S"], choices=sorted(GENERATOR_PRESETS),
@@ -215,39 +254,12 @@ def main() -> None:
     for case in grid(args):
         rows.append(run_in_subprocess(case))
         print(json.dumps(rows[-1]), flush=True)
-    workload = [r for r in rows if r.get("name") == "design-workload" and "seconds" in r]
-    report = {
-        "benchmark": "generator sampling",
-        "machine": machine(device),
-        "torch": torch.__version__,
-        "larp": larp.__version__,
-        "device": args.device,
-        "notes": [
-            "tokens_per_s = batch * tokens_per_sample / seconds (CFG rows not counted), median of `repeats` "
-            "calls of generate() after `warmup` calls, each case in a fresh subprocess",
-            f"uncached cases (use_cache=False) and their 'cached' pairs generate {args.uncached_tokens} tokens per "
-            "sample (max_seq_len truncated; 'truncated_from' gives the preset's length); 'cached-full' is the "
-            "preset's full length",
-            "design-workload: llama-abs-S, 4 samples x 1024 tokens, CFG 1.25, KV cache, temperature 1, no top-k/p, "
-            "one end-to-end call without warm-up",
-            "weights random + N(0, 0.02^2) noise (non-degenerate logits)",
-            "peak_rss_mb: the case process' peak RSS; peak_rss_growth_mb: its growth over the RSS just before the "
-            "timed calls (after model build and warm-up)",
-        ],
-        "design_workload": [
-            {"dtype": r["dtype"], "seconds": r["seconds"], "official_s": OFFICIAL_WORKLOAD_S, "target_s": TARGET_WORKLOAD_S,
-             "speedup_vs_official": round(OFFICIAL_WORKLOAD_S / r["seconds"], 2), "meets_target": r["seconds"] <= TARGET_WORKLOAD_S}
-            for r in workload
-        ],
-        "cache_equivalence": checks,
-        "cache_speedups": speedups(rows),
-        "results": rows,
-        "total_wall_s": round(time.perf_counter() - started, 1),
-    }
+        if args.out:
+            write_json(args.out, build_report(args, device, checks, rows, started))
+    report = build_report(args, device, checks, rows, started)
     print(json.dumps({"design_workload": report["design_workload"], "cache_speedups": report["cache_speedups"]}, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":
