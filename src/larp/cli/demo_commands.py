@@ -13,11 +13,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "generator and a frame predictor on the built-in synthetic videos, samples every class, evaluates "
         "(PSNR/SSIM, PSNR per token budget, Frechet distance and class accuracy with the synthetic-data detector) "
         "and writes OUT/report.html, OUT/metrics.json and the models (OUT/models/, loadable with from_pretrained). "
-        "About 15 minutes on a 2-core CPU; a second run reuses the stages the first one finished.",
+        "About 11 minutes on a 2-core CPU; a second run reuses the stages the first one finished.",
     )
     demo.add_argument("--out", default="larp-demo", metavar="DIR", help="the demo folder (default: ./larp-demo)")
     demo.add_argument("--quick", action="store_true",
-                      help="check the mechanics in about a minute (tiny models, a few steps: the numbers mean nothing)")
+                      help="check the mechanics in about 20 s (tiny models, a few steps: the numbers mean nothing)")
     demo.add_argument("--fresh", action="store_true", help="start over: forget the stages an earlier run finished")
     demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
     demo.set_defaults(run=run_demo)

@@ -304,7 +304,7 @@ def run_demo(out: str | os.PathLike = "larp-demo", *, quick: bool = False, fresh
     """Run (or finish) the demo in ``out``; returns the metrics also written to ``out/metrics.json``.
 
     Args:
-        quick: the mechanics-only plan (about a minute; its numbers mean nothing).
+        quick: the mechanics-only plan (about 20 s on a 2-core CPU; its numbers mean nothing).
         fresh: forget what an earlier run in ``out`` finished.
         device: "cpu", "cuda", ... (default: CUDA when available).
         echo: where the stage headers and the final summary go.

@@ -1,5 +1,5 @@
-"""What the demo trains and measures: two plans, the default (about 15 minutes on a 2-core CPU) and
-``quick`` (about a minute; it checks the mechanics, not the quality).
+"""What the demo trains and measures: two plans, the default (11 minutes on a 2-core CPU) and
+``quick`` (about 20 s; it checks the mechanics, not the quality).
 
 The default plan was tuned on a 2-core CPU until the synthetic-data detector recognised the motion class of
 >= 90% of reconstructions and >= 80% of class-conditional samples (README, "The demo"). What it took, from
