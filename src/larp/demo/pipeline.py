@@ -105,8 +105,8 @@ def held_out(ctx: Context, count: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _protocol(name: str, ctx: Context, **overrides):
-    protocol, applied = resolve_protocol(name, {"num_samples": ctx.plan.eval_clips, **overrides})
-    return protocol, applied
+    """A synthetic protocol scored on the plan's number of clips: (protocol, the overrides applied)."""
+    return resolve_protocol(name, {"num_samples": ctx.plan.eval_clips, **overrides})
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -178,18 +178,18 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
     classes = plan.tokenizer.data.synthetic_classes
     sources = {"data": "synthetic", "tokenizer": str(ctx.models / "tokenizer")}
     results: dict[str, Any] = {}
-    runs = (
-        ("reconstruction", "synthetic-recon", Models(tokenizer, detector=detector), {}),
-        ("generation", "synthetic-gen", Models(tokenizer, ctx.generator("generator"), detector),
+    runs = (  # task, protocol, generator folder in models/, protocol overrides
+        ("reconstruction", "synthetic-recon", None, {}),
+        ("generation", "synthetic-gen", "generator",
          {"num_samples": classes * plan.samples_per_class, "cfg_scale": plan.cfg_scale}),
-        ("prediction", "synthetic-fp", Models(tokenizer, ctx.generator("frame-predictor"), detector), {}),
+        ("prediction", "synthetic-fp", "frame-predictor", {}),
     )
-    for task, name, models, overrides in runs:
+    for task, name, generator, overrides in runs:
         protocol, applied = _protocol(name, ctx, **overrides)
-        model_sources = {**sources, "generator": str(ctx.models / ("generator" if task == "generation" else "frame-predictor"))} \
-            if task != "reconstruction" else sources
+        models = Models(tokenizer, ctx.generator(generator) if generator else None, detector)
+        run_sources = {**sources, "generator": str(ctx.models / generator)} if generator else sources
         record = evaluate(task, protocol, models, ClipSource("synthetic", protocol), overrides=applied,
-                          sources=model_sources, work_dir=ctx.out / "eval" / "partial", progress=ctx.progress)
+                          sources=run_sources, work_dir=ctx.out / "eval" / "partial", progress=ctx.progress)
         (ctx.out / "eval").mkdir(parents=True, exist_ok=True)
         (ctx.out / "eval" / f"{task}.json").write_text(json.dumps(record, indent=2) + "\n")
         logger.info("%s", summary_line(record))

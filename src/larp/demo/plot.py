@@ -11,7 +11,7 @@ import math
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +148,6 @@ class Series:
     y: Sequence[float]
     color: tuple[int, int, int] | None = None
     marker: bool = False  # draw a dot at every point (for short series)
-    extra: dict = field(default_factory=dict)
 
 
 def line_plot(

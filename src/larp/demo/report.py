@@ -59,7 +59,7 @@ def _plots(ctx: Context) -> dict[str, str]:
             [Series("codebook use", *_column(tok, "val_usage"), marker=True),
              Series("prior top-1", *_column(tok, "val_prior_top1"), marker=True),
              Series("prior top-5", *_column(tok, "val_prior_top5"), marker=True),
-             Series("prior weight / max", *_prior_weight(tok, ctx))],
+             Series("prior weight / max", *_prior_weight(tok))],
             title="Tokenizer: codebook and AR prior (held-out)", xlabel="step", ylabel="fraction"),
         "generator_loss": line_plot(
             [Series("class-cond. train", *_column(gen, "loss")), Series("class-cond. held-out", *_column(gen, "val_loss"), marker=True),
@@ -80,7 +80,7 @@ def _plots(ctx: Context) -> dict[str, str]:
     return paths
 
 
-def _prior_weight(rows: list[dict[str, Any]], ctx: Context) -> tuple[list[float], list[float]]:
+def _prior_weight(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
     steps, weights = _column(rows, "prior_weight")
     top = max(weights, default=0.0) or 1.0
     return steps, [w / top for w in weights]
