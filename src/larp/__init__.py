@@ -3,8 +3,7 @@
 Videos are float tensors in [0, 1] with layout (b, c, t, h, w); token ids are int64 (b, N).
 """
 
-__version__ = "0.1.0"
-
+from larp.version import __version__
 from larp.models.generator import GENERATOR_PRESETS, GeneratorConfig, LARPGenerator
 from larp.models.quantizer import QuantizerConfig
 from larp.models.tokenizer import TOKENIZER_PRESETS, LARPTokenizer, TokenizerConfig

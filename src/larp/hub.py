@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from larp.config import config_from_dict, config_to_dict
+from larp.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +169,6 @@ class PretrainedMixin:
     def config_json(self, *, official_format: bool = False) -> dict[str, Any]:
         if official_format:
             return self.config_to_official(self.config)
-        from larp import __version__
-
         return {"_class_name": type(self).__name__, "_larp_version": __version__, **config_to_dict(self.config)}
 
     @classmethod

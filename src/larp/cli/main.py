@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from larp import __version__
+from larp.version import __version__
 from larp.cli import (
     data_commands,
     demo_commands,

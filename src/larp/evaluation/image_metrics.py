@@ -9,7 +9,9 @@ Videos are (b, c, t, h, w) tensors with values in [0, 1] (data range 1).
   K2 = 0.03, data range 1, "valid" convolution (no padding), computed for every frame and channel separately
   and averaged over channels and frames. This deliberately does **not** reproduce the official training
   metric, which folds frames into channels (LARP.md G.2.9); frames must be at least 11×11 pixels.
-* :func:`codebook_usage` gives the fraction of codes used and the perplexity of the code histogram.
+* :func:`codebook_usage` gives the fraction of codes used and the perplexity of the code histogram;
+  :func:`code_statistics` is the same from a histogram of counts, as tensors (no host sync: trainers call it
+  every step).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["psnr", "mean_psnr", "ssim", "codebook_usage", "gaussian_window", "MSE_FLOOR"]
+__all__ = ["psnr", "mean_psnr", "ssim", "codebook_usage", "code_statistics", "gaussian_window", "MSE_FLOOR"]
 
 MSE_FLOOR = 1e-10  # PSNR of identical clips = -10·log10(1e-10) = 100 dB
 
@@ -99,8 +101,16 @@ def codebook_usage(ids: torch.Tensor, codebook_size: int) -> tuple[float, float]
     if int(flat.min()) < 0 or int(flat.max()) >= codebook_size:
         raise ValueError(f"ids must lie in [0, {codebook_size}), got range [{int(flat.min())}, {int(flat.max())}]")
     counts = torch.bincount(flat, minlength=codebook_size).to(torch.float64)
-    usage = float((counts > 0).sum()) / codebook_size
-    probs = counts / counts.sum()
-    nonzero = probs[probs > 0]
-    entropy = float(-(nonzero * nonzero.log()).sum())
-    return usage, math.exp(entropy)
+    usage, perplexity = code_statistics(counts)
+    return float(usage), float(perplexity)
+
+
+def code_statistics(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fraction of codes with a non-zero count, perplexity = exp(entropy of the normalised counts)) of a
+    histogram ``counts`` (codebook_size,), as 0-d tensors on the histogram's device; an empty histogram
+    gives usage 0 and perplexity 1."""
+    counts = counts.to(torch.float64 if counts.dtype == torch.float64 else torch.float32)
+    usage = (counts > 0).to(counts.dtype).mean()
+    probs = counts / counts.sum().clamp_min(1)
+    entropy = -torch.special.xlogy(probs, probs).sum()  # 0 log 0 = 0
+    return usage, entropy.exp()
