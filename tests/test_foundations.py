@@ -85,6 +85,17 @@ def test_the_temporary_keeps_the_suffix(tmp_path):
     assert write_text_atomic(tmp_path / "t.txt", "é").read_text(encoding="utf-8") == "é"
 
 
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        assert write_text_atomic(tmp_path / "new.txt", "x").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "old.txt").write_text("x")
+        (tmp_path / "old.txt").chmod(0o600)
+        assert write_text_atomic(tmp_path / "old.txt", "y").stat().st_mode & 0o777 == 0o600  # kept
+    finally:
+        os.umask(umask)
+
+
 # ------------------------------------------------------------------------------------------ json lines
 def test_a_torn_line_is_skipped_and_does_not_swallow_the_next_record(tmp_path, caplog):
     log = tmp_path / "metrics.jsonl"

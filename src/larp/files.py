@@ -59,12 +59,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file owner-only; give it the mode a plain open() would (or the replaced file's)
+        os.chmod(tmp_path, path.stat().st_mode & 0o7777 if path.exists() else _default_file_mode())
         os.replace(tmp_path, path)
     except BaseException as error:
         tmp_path.unlink(missing_ok=True)
         if isinstance(error, OSError) and error.errno == errno.ENOSPC:
             raise OSError(errno.ENOSPC, disk_full_message(path)) from error
         raise
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
