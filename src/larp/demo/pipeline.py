@@ -8,10 +8,12 @@ Stages, each a function of the demo's :class:`Context` that writes into the demo
 4. ``predictor`` trains a frame-prediction AR generator (continues the first 5 frames of a clip);
 5. ``evaluate``  scores reconstructions, token budgets, samples and predictions on held-out clips;
 6. ``media``     writes GIFs: real clips, reconstructions, samples per class, predictions;
-7. ``report``    draws the plots and writes ``report.html`` and ``metrics.json``.
+7. ``report``    draws the plots (with matplotlib, when installed) and writes ``report.html`` and ``metrics.json``.
 
 A finished stage is recorded in ``stages.json`` with its duration and is skipped by the next run (a killed
-training stage resumes from its last checkpoint); ``fresh=True`` starts over. The folder::
+training stage resumes from its last checkpoint), except the report, which is redrawn from the recorded
+results every time (a second), so that a later run picks up a newly installed matplotlib. ``fresh=True``
+starts over. One demo at a time writes in a folder: a run holds ``OUT/.lock`` until it ends. The folder::
 
     OUT/report.html  metrics.json  stages.json
     OUT/models/{tokenizer,generator,frame-predictor,detector}/   loadable with from_pretrained
@@ -34,20 +36,23 @@ from typing import Any
 
 import torch
 
-import larp
 from larp.data.synthetic import CLASS_NAMES, SyntheticConfig, SyntheticVideos
 from larp.data.video_io import condition_clip, make_grid, write_video
+from larp.demo.plot import PLOTS_NEED_MATPLOTLIB
 from larp.demo.recipes import DemoPlan, demo_plan
+from larp.demo.report import quality_bars, write_report
 from larp.evaluation.detectors import ClassifierDetector
 from larp.evaluation.image_metrics import psnr, ssim
 from larp.evaluation.protocols import resolve_protocol
 from larp.evaluation.runner import ClipSource, Models, evaluate, summary_line, synthetic_detector
 from larp.evaluation.video_classifier import VideoClassifier
+from larp.files import FolderLock, read_jsonl, write_atomic, write_json_atomic
 from larp.models.generator import LARPGenerator
 from larp.models.tokenizer import LARPTokenizer
 from larp.training import checkpoint as ckpt
 from larp.training.generator_trainer import train_generator
 from larp.training.tokenizer_trainer import train_tokenizer
+from larp.version import __version__
 
 __all__ = ["STAGES", "BARS", "run_demo"]
 
@@ -58,6 +63,7 @@ STAGES: tuple[str, ...] = ("detector", "tokenizer", "generator", "predictor", "e
 BARS: dict[str, float] = {"reconstruction": 0.9, "samples": 0.8}
 # Folders the demo owns inside OUT; --fresh removes these and nothing else.
 _OWNED = ("models", "runs", "cache", "eval", "media", "plots", "stages.json", "metrics.json", "report.html")
+_ALWAYS_RUN = ("report",)  # stages redone by every run, even when an earlier run finished them
 _GIF_SCALE = 3  # the 32x32 clips are upscaled (nearest) in the GIFs so that they can be seen
 _GIF_FPS = 8.0
 
@@ -71,6 +77,7 @@ class Context:
     device: torch.device
     progress: bool
     results: dict[str, Any] = field(default_factory=dict)  # stage name -> what it measured (JSON-able)
+    seconds: dict[str, float] = field(default_factory=dict)  # stage name -> its duration (in the run that did it)
 
     @property
     def models(self) -> Path:
@@ -130,7 +137,7 @@ def _train(kind: str, run_dir: Path, export_to: Path, train: Callable[..., Path]
     if export_to.exists():
         shutil.rmtree(export_to)
     shutil.copytree(folder, export_to)
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = read_jsonl(run_dir / "metrics.jsonl")
     last_val = next((line for line in reversed(lines) if any(k.startswith("val_") for k in line)), {})
     return {"steps": recipe.steps, "seconds": round(time.perf_counter() - started, 1),
             "final": {k: v for k, v in last_val.items() if k.startswith("val_")}, "model": str(export_to)}
@@ -190,8 +197,7 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
         run_sources = {**sources, "generator": str(ctx.models / generator)} if generator else sources
         record = evaluate(task, protocol, models, ClipSource("synthetic", protocol), overrides=applied,
                           sources=run_sources, work_dir=ctx.out / "eval" / "partial", progress=ctx.progress)
-        (ctx.out / "eval").mkdir(parents=True, exist_ok=True)
-        (ctx.out / "eval" / f"{task}.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json_atomic(ctx.out / "eval" / f"{task}.json", record)
         logger.info("%s", summary_line(record))
         results[task] = record["results"] | {"clips": record["counts"]["clips"]}
     videos, labels = held_out(ctx, plan.eval_clips)
@@ -203,8 +209,7 @@ def _gif(path: Path, videos: torch.Tensor, nrow: int) -> str:
     """Write (n, 3, t, h, w) clips as one upscaled grid GIF; returns the path relative to the demo folder."""
     grid = make_grid(videos.float().cpu(), nrow=nrow, padding=1, pad_value=1.0)
     grid = grid.repeat_interleave(_GIF_SCALE, dim=-1).repeat_interleave(_GIF_SCALE, dim=-2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_video(path, grid, fps=_GIF_FPS)
+    write_atomic(path, lambda tmp: write_video(tmp, grid, fps=_GIF_FPS))
     return f"{path.parent.name}/{path.name}"
 
 
@@ -250,9 +255,29 @@ def stage_media(ctx: Context) -> dict[str, Any]:
 
 
 def stage_report(ctx: Context) -> dict[str, Any]:
-    from larp.demo.report import write_report
-
-    return write_report(ctx)
+    evaluation = ctx.results["evaluate"]
+    timings = {name: ctx.seconds[name] for name in STAGES if name in ctx.seconds and name != "report"}
+    plan = ctx.plan.to_dict()
+    recipes = ("tokenizer", "generator", "predictor")
+    metrics = {
+        "plan": ctx.plan.name,
+        "bars": quality_bars(evaluation, BARS, applies=ctx.plan.name != "quick"),
+        "evaluation": evaluation,
+        "detector": ctx.results["detector"],
+        "training": {"tokenizer": ctx.results["tokenizer"], "generator": ctx.results["generator"],
+                     "frame-predictor": ctx.results["predictor"]},
+        "media": ctx.results["media"],
+        "timings": timings,
+        "total_seconds": round(sum(timings.values()), 1),  # the report itself takes about a second
+        "tokens_per_clip": ctx.plan.tokenizer.model.num_tokens,
+        "models": {name: str(ctx.models / name) for name in ("tokenizer", "generator", "frame-predictor", "detector")},
+        "plan_settings": {k: v for k, v in plan.items() if k not in recipes},
+        "recipes": {k: plan[k] for k in recipes},
+        "machine": machine(),
+        "device": str(ctx.device),
+    }
+    curves = {name: read_jsonl(ctx.runs / name / "metrics.jsonl") for name in ("tokenizer", "generator", "frame-predictor")}
+    return write_report(ctx.out, metrics, curves)
 
 
 _STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
@@ -270,17 +295,14 @@ _STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
 def _load_state(path: Path, plan: DemoPlan) -> dict[str, Any]:
     if not path.is_file():
         return {"plan": plan.name, "stages": {}}
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): pass --fresh to start over there") from None
     if state.get("plan") != plan.name:
         raise ValueError(f"{path.parent} holds a {state.get('plan')!r} demo, not a {plan.name!r} one: "
                          f"pass --fresh to start over there, or choose another --out")
     return state
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def clear(out: Path) -> None:
@@ -295,7 +317,7 @@ def clear(out: Path) -> None:
 
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "larp": larp.__version__, "cpu_threads": torch.get_num_threads(),
+            "larp": __version__, "cpu_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
@@ -308,30 +330,35 @@ def run_demo(out: str | os.PathLike = "larp-demo", *, quick: bool = False, fresh
         fresh: forget what an earlier run in ``out`` finished.
         device: "cpu", "cuda", ... (default: CUDA when available).
         echo: where the stage headers and the final summary go.
+
+    Raises:
+        larp.files.FolderLockedError: another demo is running in ``out``.
     """
     out = Path(out).resolve()
-    if fresh:
-        clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    plan = demo_plan(out, quick=quick)
-    state_path = out / "stages.json"
-    state = _load_state(state_path, plan)
-    ctx = Context(out, plan, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), progress)
-    started = time.perf_counter()
-    for number, name in enumerate(STAGES, 1):
-        done = state["stages"].get(name)
-        if done is not None:
-            ctx.results[name] = done["results"]
-            echo(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({done['seconds']:.0f} s), reused")
-            continue
-        echo(f"[{number}/{len(STAGES)}] {name} ...")
-        t0 = time.perf_counter()
-        ctx.results[name] = _STAGE_FUNCTIONS[name](ctx)
-        seconds = time.perf_counter() - t0
-        state["stages"][name] = {"seconds": round(seconds, 1), "results": ctx.results[name]}
-        _save_state(state_path, state)
-        echo(f"[{number}/{len(STAGES)}] {name}: {seconds:.0f} s")
-    metrics = json.loads((out / "metrics.json").read_text())
+    # One demo per folder for the whole run: two would train the same runs and append every metrics line
+    # twice. The lock dies with the process, so a killed demo never leaves the folder stuck.
+    with FolderLock(out, what="demo"):
+        if fresh:
+            clear(out)
+        plan = demo_plan(out, quick=quick)
+        state_path = out / "stages.json"
+        state = _load_state(state_path, plan)
+        ctx = Context(out, plan, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), progress)
+        started = time.perf_counter()
+        for number, name in enumerate(STAGES, 1):
+            done = state["stages"].get(name)
+            if done is not None and name not in _ALWAYS_RUN:
+                ctx.results[name], ctx.seconds[name] = done["results"], done["seconds"]
+                echo(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({done['seconds']:.0f} s), reused")
+                continue
+            echo(f"[{number}/{len(STAGES)}] {name} ...")
+            t0 = time.perf_counter()
+            ctx.results[name] = _STAGE_FUNCTIONS[name](ctx)
+            ctx.seconds[name] = round(time.perf_counter() - t0, 1)
+            state["stages"][name] = {"seconds": ctx.seconds[name], "results": ctx.results[name]}
+            write_json_atomic(state_path, state)
+            echo(f"[{number}/{len(STAGES)}] {name}: {ctx.seconds[name]:.0f} s")
+        metrics = json.loads((out / "metrics.json").read_text())
     echo(summary(metrics, time.perf_counter() - started))
     return metrics
 
@@ -347,5 +374,7 @@ def summary(metrics: dict[str, Any], elapsed: float) -> str:
     lines.append(f"  reconstruction PSNR {r['reconstruction']['psnr']:.2f} dB, SSIM {r['reconstruction']['ssim']:.3f}; "
                  f"FVD (synthetic detector) reconstruction {r['reconstruction']['fvd']:.3f}, samples {r['generation']['fvd']:.3f}, "
                  f"predictions {r['prediction']['fvd']:.3f}")
+    if not metrics["plots"]:
+        lines.append(f"  {PLOTS_NEED_MATPLOTLIB}")
     lines.append(f"  report: {metrics['report']}")
     return "\n".join(lines)

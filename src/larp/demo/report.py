@@ -1,89 +1,102 @@
-"""The demo's report: ``metrics.json`` (every number) and ``report.html`` (the numbers, GIFs and plots).
+"""The demo's report: ``metrics.json`` (every number), ``plots/*.png`` and ``report.html``.
 
-The HTML is one self-standing file that refers to the GIFs and PNGs next to it by relative paths, so the
-demo folder can be moved or zipped whole.
+The report is given values, not the pipeline: the metrics the stages measured (a JSON-able dict) and the rows
+of the training runs' ``metrics.jsonl`` files it plots. The HTML is one self-standing file that refers to the
+GIFs and PNGs next to it by relative paths, so the demo folder can be moved or zipped whole.
 """
 
 from __future__ import annotations
 
 import html
-import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from larp.demo.plot import Series, line_plot, write_png
+from larp.demo.plot import PLOTS_NEED_MATPLOTLIB, Series, line_plot, matplotlib_available
+from larp.files import write_json_atomic, write_text_atomic
 
-if TYPE_CHECKING:
-    from larp.demo.pipeline import Context
+__all__ = ["quality_bars", "write_report"]
 
-__all__ = ["write_report", "quality_bars"]
+logger = logging.getLogger(__name__)
 
-
-def _read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+Rows = list[dict[str, Any]]  # the records of one metrics.jsonl file
 
 
-def _column(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def _column(rows: Rows, key: str) -> tuple[list[float], list[float]]:
     picked = [(row["step"], row[key]) for row in rows if key in row]
     return [p[0] for p in picked], [p[1] for p in picked]
 
 
-def quality_bars(evaluation: dict[str, Any], applies: bool) -> dict[str, dict[str, Any]]:
-    """The demo's two bars: the detector's class accuracy on reconstructions and on class-conditional samples."""
-    from larp.demo.pipeline import BARS
+def quality_bars(evaluation: dict[str, Any], bars: Mapping[str, float], applies: bool) -> dict[str, dict[str, Any]]:
+    """The demo's two bars: the detector's class accuracy on reconstructions and on class-conditional samples.
 
-    bars = {}
-    for name, task, bar in (("reconstructions", "reconstruction", BARS["reconstruction"]),
-                            ("samples", "generation", BARS["samples"])):
+    Args:
+        evaluation: the evaluate stage's results (``reconstruction`` and ``generation`` records).
+        bars: the required class accuracy per task, ``{"reconstruction": ..., "samples": ...}``.
+        applies: False for a quick run, whose numbers are not held to the bars.
+    """
+    out = {}
+    for name, task, bar in (("reconstructions", "reconstruction", bars["reconstruction"]),
+                            ("samples", "generation", bars["samples"])):
         result = evaluation[task]
         value = result["class_accuracy"]
-        bars[name] = {"value": value, "chance": result["chance_accuracy"], "bar": bar, "met": value >= bar,
-                      "applies": applies}
-    return bars
+        out[name] = {"value": value, "chance": result["chance_accuracy"], "bar": bar, "met": value >= bar,
+                     "applies": applies}
+    return out
 
 
-def _plots(ctx: Context) -> dict[str, str]:
-    """Draw the training curves and the token-budget curves; returns {name: path relative to the demo folder}."""
-    folder = ctx.out / "plots"
-    tok = _read_metrics(ctx.runs / "tokenizer" / "metrics.jsonl")
-    gen = _read_metrics(ctx.runs / "generator" / "metrics.jsonl")
-    pred = _read_metrics(ctx.runs / "frame-predictor" / "metrics.jsonl")
-    budgets = ctx.results["evaluate"]["token_budgets"]
-    chance = ctx.results["evaluate"]["reconstruction"].get("chance_accuracy")
+def _prior_weight(rows: Rows) -> tuple[list[float], list[float]]:
+    steps, weights = _column(rows, "prior_weight")
+    top = max(weights, default=0.0) or 1.0
+    return steps, [w / top for w in weights]
+
+
+def write_plots(folder: Path, curves: Mapping[str, Rows], evaluation: dict[str, Any]) -> dict[str, str]:
+    """Draw the training curves and the token-budget curves as PNGs in ``folder``.
+
+    Args:
+        curves: the metrics.jsonl records of the ``tokenizer``, ``generator`` and ``frame-predictor`` runs.
+        evaluation: the evaluate stage's results (``token_budgets`` rows, the reconstruction's chance accuracy).
+
+    Returns:
+        {plot name: path relative to the demo folder}.
+    """
+    tok, gen, pred = curves["tokenizer"], curves["generator"], curves["frame-predictor"]
+    budgets = evaluation["token_budgets"]
+    chance = evaluation["reconstruction"]["chance_accuracy"]
     tokens = [row["tokens"] for row in budgets]
-    figures = {
-        "tokenizer_psnr": line_plot(
+    budget_axis = "tokens kept (a prefix of the sequence)"
+    fractions = (0.0, 1.05)
+    plots = {
+        "tokenizer_psnr": (
             [Series("train", *_column(tok, "psnr")), Series("held-out", *_column(tok, "val_psnr"), marker=True)],
-            title="Tokenizer: reconstruction PSNR", xlabel="step", ylabel="PSNR (dB)"),
-        "tokenizer_codes": line_plot(
+            dict(title="Tokenizer: reconstruction PSNR", xlabel="step", ylabel="PSNR (dB)")),
+        "tokenizer_codes": (
             [Series("codebook use", *_column(tok, "val_usage"), marker=True),
              Series("prior top-1", *_column(tok, "val_prior_top1"), marker=True),
              Series("prior top-5", *_column(tok, "val_prior_top5"), marker=True),
              Series("prior weight / max", *_prior_weight(tok))],
-            title="Tokenizer: codebook and AR prior (held-out)", xlabel="step", ylabel="fraction"),
-        "generator_loss": line_plot(
-            [Series("class-cond. train", *_column(gen, "loss")), Series("class-cond. held-out", *_column(gen, "val_loss"), marker=True),
-             Series("frame pred. train", *_column(pred, "loss")), Series("frame pred. held-out", *_column(pred, "val_loss"), marker=True)],
-            title="Generators: next-token loss", xlabel="step", ylabel="cross-entropy (nats)"),
-        "psnr_vs_tokens": line_plot(
+            dict(title="Tokenizer: codebook and AR prior (held-out)", xlabel="step", ylabel="fraction", ylim=fractions)),
+        "generator_loss": (
+            [Series("class-cond. train", *_column(gen, "loss")),
+             Series("class-cond. held-out", *_column(gen, "val_loss"), marker=True),
+             Series("frame pred. train", *_column(pred, "loss")),
+             Series("frame pred. held-out", *_column(pred, "val_loss"), marker=True)],
+            dict(title="Generators: next-token loss", xlabel="step", ylabel="cross-entropy (nats)")),
+        "psnr_vs_tokens": (
             [Series("PSNR", tokens, [row["psnr"] for row in budgets], marker=True)],
-            title="Reconstruction PSNR vs tokens kept", xlabel="tokens (prefix of the sequence)", ylabel="PSNR (dB)"),
-        "accuracy_vs_tokens": line_plot(
+            dict(title="Reconstruction PSNR vs tokens kept", xlabel=budget_axis, ylabel="PSNR (dB)")),
+        "accuracy_vs_tokens": (
             [Series("class accuracy", tokens, [row["class_accuracy"] for row in budgets], marker=True),
-             Series("chance", [tokens[0], tokens[-1]], [chance, chance], color=(150, 150, 150))],
-            title="Motion class recognised vs tokens kept", xlabel="tokens (prefix of the sequence)", ylabel="accuracy"),
+             Series("chance", [tokens[0], tokens[-1]], [chance, chance], color="0.5", dashed=True)],
+            dict(title="Motion class recognised vs tokens kept", xlabel=budget_axis, ylabel="accuracy", ylim=fractions)),
     }
     paths = {}
-    for name, image in figures.items():
-        write_png(folder / f"{name}.png", image)
-        paths[name] = f"plots/{name}.png"
+    for name, (series, labels) in plots.items():
+        line_plot(folder / f"{name}.png", series, **labels)
+        paths[name] = f"{folder.name}/{name}.png"
     return paths
-
-
-def _prior_weight(rows: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
-    steps, weights = _column(rows, "prior_weight")
-    top = max(weights, default=0.0) or 1.0
-    return steps, [w / top for w in weights]
 
 
 # ------------------------------------------------------------------------------------------ HTML
@@ -173,10 +186,15 @@ def _html(metrics: dict[str, Any]) -> str:
               f"continuation given their first {media['condition_frames']} frames.</p><div class='grid'>"]
     for item in media["prediction"]:
         parts.append(_figure(item["gif"], f"{_e(item['class'])} clips"))
-    parts.append("</div><h2>Training curves</h2><div class='grid'>")
-    for name, path in metrics["plots"].items():
-        parts.append(_figure(path, name.replace("_", " "), "plot"))
-    parts.append("</div>")
+    parts.append("</div><h2>Training curves</h2>")
+    if metrics["plots"]:
+        parts.append("<div class='grid'>")
+        for name, path in metrics["plots"].items():
+            parts.append(_figure(path, name.replace("_", " "), "plot"))
+        parts.append("</div>")
+    else:
+        parts.append(f"<p class='note'>No plots: {_e(PLOTS_NEED_MATPLOTLIB)}, then run the demo again "
+                     "(only the report is redrawn).</p>")
 
     timing_rows = [[name, seconds] for name, seconds in metrics["timings"].items()]
     timing_rows.append(["total", metrics["total_seconds"]])
@@ -190,33 +208,24 @@ def _html(metrics: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def write_report(ctx: Context) -> dict[str, Any]:
-    """Write ``plots/``, ``metrics.json`` and ``report.html`` from what the earlier stages measured."""
-    from larp.demo.pipeline import STAGES, machine
+def write_report(out: Path, metrics: dict[str, Any], curves: Mapping[str, Rows]) -> dict[str, str]:
+    """Write ``out/plots/``, ``out/metrics.json`` and ``out/report.html``.
 
-    state = json.loads((ctx.out / "stages.json").read_text())
-    timings = {name: state["stages"][name]["seconds"] for name in STAGES if name in state["stages"]}
-    evaluation = ctx.results["evaluate"]
-    models = {name: str(ctx.models / name) for name in ("tokenizer", "generator", "frame-predictor", "detector")}
-    metrics = {
-        "plan": ctx.plan.name,
-        "bars": quality_bars(evaluation, applies=ctx.plan.name != "quick"),
-        "evaluation": evaluation,
-        "detector": ctx.results["detector"],
-        "training": {name: ctx.results[stage] for name, stage in (("tokenizer", "tokenizer"), ("generator", "generator"),
-                                                                  ("frame-predictor", "predictor"))},
-        "media": ctx.results["media"],
-        "plots": _plots(ctx),
-        "timings": timings,
-        "total_seconds": round(sum(timings.values()), 1),  # the report stage itself takes about a second
-        "tokens_per_clip": ctx.plan.tokenizer.model.num_tokens,
-        "models": models,
-        "plan_settings": {k: v for k, v in ctx.plan.to_dict().items() if k not in ("tokenizer", "generator", "predictor")},
-        "recipes": {k: ctx.plan.to_dict()[k] for k in ("tokenizer", "generator", "predictor")},
-        "machine": machine(),
-        "device": str(ctx.device),
-        "report": str(ctx.out / "report.html"),
-    }
-    (ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (ctx.out / "report.html").write_text(_html(metrics))
-    return {"report": metrics["report"], "metrics": str(ctx.out / "metrics.json")}
+    Args:
+        out: the demo folder.
+        metrics: every number of the run (plan, bars, evaluation, media, timings, machine, ...); the report
+            adds ``plots`` ({name: relative path}, empty without matplotlib) and ``report`` (the HTML's path).
+        curves: the metrics.jsonl records of the ``tokenizer``, ``generator`` and ``frame-predictor`` runs.
+
+    Returns:
+        {"report": path of report.html, "metrics": path of metrics.json}.
+    """
+    if matplotlib_available():
+        plots = write_plots(out / "plots", curves, metrics["evaluation"])
+    else:
+        logger.warning("no plots in the report: %s", PLOTS_NEED_MATPLOTLIB)
+        plots = {}
+    metrics = {**metrics, "plots": plots, "report": str(out / "report.html")}
+    write_json_atomic(out / "metrics.json", metrics)
+    write_text_atomic(out / "report.html", _html(metrics))
+    return {"report": metrics["report"], "metrics": str(out / "metrics.json")}
