@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from larp.data.datasets import (
+    SkippedVideo,
     VideoClipDataset,
     VideoEntry,
     collate_skipping_none,
@@ -214,9 +215,13 @@ def test_corrupt_video_is_skipped_and_counted(videos, caplog):
     assert [b["skipped"] for b in batches] == [1, 0]
     assert batches[0]["video"].shape == (1, 3, 8, 32, 32) and batches[0]["label"].tolist() == [0]
     assert batches[1]["index"].tolist() == [2, 3]
-    # a batch of nothing but bad videos
+    # a batch of nothing but bad videos; the reasons of fetch()'s records travel with the batch
     only_bad = collate_skipping_none([None, None])
-    assert only_bad == {"skipped": 2}
+    assert only_bad == {"skipped": 2, "failures": []}
+    failure = data.fetch(1)
+    assert failure == SkippedVideo(1, str(videos["corrupt"]), "Invalid data found when processing input")
+    mixed = collate_skipping_none([data.fetch(0), failure])
+    assert mixed["skipped"] == 1 and mixed["failures"] == [failure] and mixed["index"].tolist() == [0]
 
 
 def _log_to_stderr(worker_id: int) -> None:

@@ -237,9 +237,9 @@ def test_decoding_stops_early(index_mp4: Path, monkeypatch: pytest.MonkeyPatch) 
     converted: list[int] = []
     original = video_io._frame_to_rgb
 
-    def spy(frame: av.VideoFrame, ref_size: tuple[int, int]) -> np.ndarray:
+    def spy(frame: av.VideoFrame, ref_size: tuple[int, int], path: str) -> np.ndarray:
         converted.append(int(frame.to_ndarray(format="gray").mean().round()) // INDEX_STEP)
-        return original(frame, ref_size)
+        return original(frame, ref_size, path)
 
     monkeypatch.setattr(video_io, "_frame_to_rgb", spy)
     read_video(index_mp4, start=2, num_frames=2, stride=3)

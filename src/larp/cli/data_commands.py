@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 from larp.data.datasets import load_entries
 from larp.data.scan import ScanReport, scan_videos
+from larp.files import write_json_atomic
 
 # Entries printed per kind of problem; the JSON report has all of them.
 _SHOW = 10
@@ -36,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     scan.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: CPU count, at most 8; 0: none)"
     )
-    scan.add_argument("--json", default=None, metavar="OUT", help="also write the full report as JSON")
+    scan.add_argument("--json", default=None, metavar="FILE", help="also write the full report to this JSON file")
     scan.set_defaults(run=run_scan)
 
 
@@ -45,6 +44,8 @@ def run_scan(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be at least 1, got {args.frames}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.json and Path(args.json).is_dir():  # refused before the scan, which may take long
+        raise ValueError(f"--json {args.json} is a folder; expected a file, e.g. {Path(args.json) / 'scan.json'}")
     entries = load_entries(args.source, args.root)
     val_entries = load_entries(args.val, args.root) if args.val else None
     quiet = getattr(args, "quiet", False)
@@ -53,11 +54,7 @@ def run_scan(args: argparse.Namespace) -> int:
     )
     print(format_report(report))
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        os.replace(temporary, out)  # never leave a half-written report
+        out = write_json_atomic(args.json, report.to_dict())  # never leaves a half-written report
         print(f"report written to {out}")
     return 0 if report.clean else 1
 

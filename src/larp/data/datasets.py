@@ -4,12 +4,17 @@
   (``data/metadata/*.csv``: a header with at least a ``path`` column; the released lists
   have ``id,path,action,label``).
 * :func:`find_videos` lists the videos under a folder; the class is the parent folder.
-* :func:`load_entries` does either, depending on what it is given.
+* :func:`load_entries` does either, depending on what it is given;
+  :func:`load_existing_entries` also leaves out (and reports) the listed files that do not exist.
 * :class:`VideoClipDataset` returns one clip per video per access, as the official training
   pipeline does (LARP.md C.1 / E.6): a random start among the valid ones, consecutive frames
   at the native frame rate, replicate-padding of short videos, short-side resize + centre
   crop, and a random horizontal flip of the whole clip.
-* :func:`collate_skipping_none` drops the videos that could not be decoded and counts them.
+* :func:`collate_skipping_none` drops the videos that could not be decoded, counts them and
+  keeps their reasons (:class:`SkippedVideo`), so they reach the main process from workers.
+
+Only decoding errors (:class:`~larp.data.video_io.VideoReadError`) skip a video; any other
+exception is a bug and propagates with its traceback.
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from larp.data.video_io import probe_video, read_video
+from larp.data.video_io import VideoReadError, probe_video, read_video
 
 __all__ = [
     "VIDEO_EXTENSIONS",
+    "SkippedVideo",
     "VideoClipDataset",
     "VideoEntry",
     "collate_skipping_none",
     "find_videos",
     "load_entries",
+    "load_existing_entries",
     "read_manifest",
     "ucf101_action",
 ]
@@ -55,6 +62,8 @@ _UCF101_CLASSES = 101
 _MANIFEST_PARENT_LEVELS = 2
 # Rows of a manifest whose existence is checked to choose that folder.
 _MANIFEST_PROBE_ROWS = 32
+# Missing files named in the error / warning of :func:`load_existing_entries`.
+_MISSING_EXAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,21 @@ class VideoEntry:
     path: str
     label: int = -1
     action: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedVideo:
+    """A video of a :class:`VideoClipDataset` that could not be decoded (picklable: it crosses workers).
+
+    Attributes:
+        index: The item's index in the dataset.
+        path: The file.
+        reason: Why, without the file name (e.g. ``"Invalid data found when processing input"``).
+    """
+
+    index: int
+    path: str
+    reason: str
 
 
 def ucf101_action(path: str | os.PathLike) -> str | None:
@@ -129,6 +153,11 @@ def read_manifest(csv_path: str | os.PathLike, root: str | os.PathLike | None = 
         ValueError: The csv has no ``path`` column, an empty path, or a label that is not
             an integer.
     """
+    return _read_manifest(csv_path, root)[0]
+
+
+def _read_manifest(csv_path: str | os.PathLike, root: str | os.PathLike | None) -> tuple[list[VideoEntry], Path | None]:
+    """:func:`read_manifest`, and the folder its relative paths were resolved against (None: all absolute)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {str(csv_path)!r} not found")
@@ -169,10 +198,11 @@ def read_manifest(csv_path: str | os.PathLike, root: str | os.PathLike | None = 
 
     relative = [p for p in paths if not os.path.isabs(p)]
     base = Path(root).resolve() if root is not None else (_resolve_base(csv_path, relative) if relative else None)
-    return [
+    entries = [
         VideoEntry(os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p)), label, action)
         for p, label, action in zip(paths, labels, actions)
     ]
+    return entries, base
 
 
 def find_videos(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[VideoEntry]:
@@ -227,14 +257,64 @@ def load_entries(source: str | os.PathLike, root: str | os.PathLike | None = Non
         FileNotFoundError: ``source`` does not exist.
         ValueError: ``source`` is a file that is not a usable manifest.
     """
+    return _load(source, root)[0]
+
+
+def _load(source: str | os.PathLike, root: str | os.PathLike | None) -> tuple[list[VideoEntry], str]:
+    """:func:`load_entries`, and where the videos were looked for (``"under FOLDER"``, for messages)."""
     path = Path(source)
     if path.is_dir():
-        return find_videos(path)
+        return find_videos(path), f"under {path}"
     if not path.exists():
         raise FileNotFoundError(f"{str(source)!r} does not exist (expected a .csv manifest or a folder of videos)")
     if path.suffix.lower() in VIDEO_EXTENSIONS:
         raise ValueError(f"{str(source)!r} is a video; expected a .csv manifest or a folder of videos")
-    return read_manifest(path, root)
+    entries, base = _read_manifest(path, root)
+    return entries, f"under {base}" if base is not None else "(absolute paths in the manifest)"
+
+
+def load_existing_entries(
+    source: str | os.PathLike, root: str | os.PathLike | None = None
+) -> tuple[list[VideoEntry], int]:
+    """:func:`load_entries`, less the videos whose file does not exist, checked up front.
+
+    Only existence is checked (``os.path.exists``, no decoding), so this is fast for long lists.
+    A wrong root (every file missing) is an error at once rather than a training run that
+    skips every video; a few missing files give one warning (the count and the first few
+    paths) and are left out.
+
+    Args:
+        source: A manifest file or a folder of videos.
+        root: For a manifest, the folder its relative paths are relative to.
+
+    Returns:
+        ``(entries, missing)``: the videos whose file exists, in order, and how many were left out.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: ``source`` lists no video, every listed file is missing, or it is not a
+            usable manifest.
+    """
+    entries, where = _load(source, root)
+    if not entries:
+        if Path(source).is_dir():
+            raise ValueError(f"no videos under the folder {str(source)!r} (suffixes: {' '.join(VIDEO_EXTENSIONS)})")
+        raise ValueError(f"the manifest {str(source)!r} lists no videos")
+    exists = [os.path.exists(entry.path) for entry in entries]
+    present = [entry for entry, found in zip(entries, exists) if found]
+    missing = [entry.path for entry, found in zip(entries, exists) if not found]
+    examples = ", ".join(missing[:_MISSING_EXAMPLES])
+    if not present:
+        raise ValueError(
+            f"all {len(entries)} videos of {str(source)!r} are missing {where}: {examples}; "
+            "pass the folder its paths are relative to as data.root (--set data.root=DIR) or --root"
+        )
+    if missing:
+        logger.warning(
+            "%d of the %d videos of %s are missing %s and are left out (counted as skipped): %s%s",
+            len(missing), len(entries), source, where, examples, ", ..." if len(missing) > _MISSING_EXAMPLES else "",
+        )  # fmt: skip
+    return present, len(missing)
 
 
 class VideoClipDataset(Dataset):
@@ -251,10 +331,12 @@ class VideoClipDataset(Dataset):
     Videos shorter than a clip are padded by repeating their last frame (the official
     behaviour) unless ``pad_short=False``, in which case they are skipped like unreadable ones.
 
-    A video that cannot be decoded does not stop training: the item is ``None`` and a warning
-    names the file and the reason (once per file and worker process; later failures of the
-    same file are logged at debug level). Use :func:`collate_skipping_none` as the
-    DataLoader's ``collate_fn`` to drop and count them.
+    A video that cannot be decoded (a :class:`~larp.data.video_io.VideoReadError`: missing,
+    corrupt, not a video, or too short without padding) does not stop training: the item is
+    ``None`` (:meth:`fetch` returns a :class:`SkippedVideo` with the reason instead) and a
+    warning names the file and the reason (once per file and worker process; later failures
+    of the same file are logged at debug level). Any other exception is a bug and propagates.
+    Use :func:`collate_skipping_none` as the DataLoader's ``collate_fn`` to drop and count them.
 
     Frame counts are probed once per video (a demux, no decoding) and cached in the dataset
     object, i.e. per worker process; ``persistent_workers=True`` keeps the cache across epochs.
@@ -267,6 +349,8 @@ class VideoClipDataset(Dataset):
         random_flip: Flip the whole clip left-right with probability 0.5.
         clip: ``"random"`` start or ``"start"`` of the video.
         pad_short: Pad short videos by repeating their last frame (else skip them).
+        missing: Videos of the source list already left out because their file did not exist
+            (:func:`load_existing_entries`); a training stream counts them as skipped.
 
     Items are ``{"video": (3, frames, size, size) float32 in [0, 1], "label": int,
     "index": int, "path": str}``, or ``None``.
@@ -282,6 +366,7 @@ class VideoClipDataset(Dataset):
         random_flip: bool = True,
         clip: str = "random",
         pad_short: bool = True,
+        missing: int = 0,
     ) -> None:
         for name, value in (("frames", frames), ("size", size), ("stride", stride)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -291,6 +376,7 @@ class VideoClipDataset(Dataset):
         self.entries = list(entries)
         self.frames, self.size, self.stride = frames, size, stride
         self.random_flip, self.clip, self.pad_short = bool(random_flip), clip, bool(pad_short)
+        self.missing = int(missing)
         self._frame_counts: dict[str, int] = {}
         self._warned: set[str] = set()
 
@@ -315,50 +401,65 @@ class VideoClipDataset(Dataset):
         return count
 
     def __getitem__(self, index: int) -> dict | None:
+        item = self.fetch(index)
+        return None if isinstance(item, SkippedVideo) else item
+
+    def fetch(self, index: int) -> dict | SkippedVideo:
+        """Item ``index``, or a :class:`SkippedVideo` (logged) when its video cannot be decoded.
+
+        Only :class:`~larp.data.video_io.VideoReadError` is caught: any other error is a bug.
+        """
         entry = self.entries[index]
         try:
             available = self.num_frames(index)
             if available < self.span and not self.pad_short:
-                raise ValueError(f"too short: {available} frames, a clip needs {self.span}")
+                raise VideoReadError(f"too short: {available} frames, a clip needs {self.span}")
             start = 0
             if self.clip == "random":
                 start = int(torch.randint(max(available - self.span, 0) + 1, ()).item())
             video = read_video(
                 entry.path, start=start, num_frames=self.frames, stride=self.stride, size=self.size, pad=self.pad_short
             )
-        except Exception as error:  # noqa: BLE001 - one bad file must not end a long run
-            self._report(entry.path, error)
-            return None
+        except VideoReadError as error:  # one bad file must not end a long run
+            return self._report(index, entry.path, error)
         if self.random_flip and torch.rand(()).item() < 0.5:
             video = video.flip(-1)
         return {"video": video, "label": entry.label, "index": index, "path": entry.path}
 
-    def _report(self, path: str, error: Exception) -> None:
+    def _report(self, index: int, path: str, error: VideoReadError) -> SkippedVideo:
+        """Log a video that cannot be decoded (a warning the first time per file and process)."""
         reason = str(error) or type(error).__name__
-        prefix = f"Cannot read video {path!r}: "
-        reason = reason.removeprefix(prefix)  # the message already names the file
+        # the message already names the file: keep only the reason
+        for prefix in (f"Cannot read video {path!r}: ", f"Video {path!r} is "):
+            reason = reason.removeprefix(prefix)
         level = logging.DEBUG if path in self._warned else logging.WARNING
         self._warned.add(path)
         logger.log(level, "skipping video %s: %s", path, reason)
+        return SkippedVideo(index, path, reason)
 
 
-def collate_skipping_none(batch: Sequence[dict | None]) -> dict:
-    """DataLoader ``collate_fn`` that drops the ``None`` items of :class:`VideoClipDataset`.
+def collate_skipping_none(batch: Sequence[dict | SkippedVideo | None]) -> dict:
+    """DataLoader ``collate_fn`` that drops the videos :class:`VideoClipDataset` could not decode.
 
     Args:
-        batch: Items, some of which may be ``None`` (videos that could not be decoded).
+        batch: Items, some of which may be ``None`` or :class:`SkippedVideo` (videos that could
+            not be decoded).
 
     Returns:
         ``default_collate`` of the remaining items (``"video"`` ``(b, 3, t, s, s)``,
         ``"label"`` ``(b,)``, ``"index"`` ``(b,)``, ``"path"`` list of ``b`` str) plus
-        ``"skipped"``: the number of items dropped (a plain int). When every item was
-        ``None`` the result is just ``{"skipped": len(batch)}``, without a ``"video"`` key:
-        check ``"video" in batch`` before using it.
+        ``"skipped"``: the number of items dropped (a plain int), and ``"failures"``: the
+        dropped :class:`SkippedVideo` records (the reasons, which this way reach the main
+        process from DataLoader workers; ``None`` items carry none). When every item was
+        dropped the result has only these two keys, without ``"video"``: check
+        ``"video" in batch`` before using it.
     """
-    items = [item for item in batch if item is not None]
+    failures = [item for item in batch if isinstance(item, SkippedVideo)]
+    items = [item for item in batch if item is not None and not isinstance(item, SkippedVideo)]
     skipped = len(batch) - len(items)
     if not items:
-        return {"skipped": skipped}
+        return {"skipped": skipped, "failures": failures}
     collated = default_collate(items)
     collated["skipped"] = skipped
+    collated["failures"] = failures
     return collated

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm import tqdm
 
 from larp.data.datasets import VideoEntry
-from larp.data.video_io import probe_video
+from larp.data.video_io import VideoReadError, probe_video
 
 __all__ = ["Duplicate", "Overlap", "ScanReport", "VideoProblem", "scan_videos"]
 
@@ -151,14 +151,14 @@ class _FileCheck:
 
 
 def _check_file(path: str) -> _FileCheck:
-    """Probe one file (frame count or error) and stat its size; never raises."""
+    """Probe one file (frame count or decoding error) and stat its size."""
     try:
         size = os.path.getsize(path)
     except OSError:
         size = None
     try:
         return _FileCheck(probe_video(path).num_frames, None, size)
-    except Exception as error:  # noqa: BLE001 - every failure is a finding, not a crash
+    except VideoReadError as error:  # a finding; any other exception is a bug and propagates
         message = str(error) or type(error).__name__
         return _FileCheck(None, message.removeprefix(f"Cannot read video {path!r}: "), size)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ import av.filter
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from larp.files import atomic_path
 
 __all__ = [
     "VideoInfo",
@@ -305,13 +306,13 @@ def read_video(
                 if ref_size is None:
                     ref_size = (frame.width, frame.height)
                 if index >= start and (index - start) % stride == 0:
-                    selected.append(_frame_to_rgb(frame, ref_size))
+                    selected.append(_frame_to_rgb(frame, ref_size, path_str))
                     if num_frames is not None and len(selected) == num_frames:
                         break  # decode only as far as needed
         # Convert the padding frame while its decoder still exists (cheap: one frame).
         if pad and last_frame is not None and ref_size is not None and num_frames is not None:
             if len(selected) < num_frames:
-                filler = _frame_to_rgb(last_frame, ref_size)
+                filler = _frame_to_rgb(last_frame, ref_size, path_str)
 
     if last_frame is None or ref_size is None:
         raise VideoReadError(f"Cannot read video {path_str!r}: no decodable frames")
@@ -339,15 +340,20 @@ def read_video(
     return _rgb_frames_to_clip(selected, size)
 
 
-def _frame_to_rgb(frame: av.VideoFrame, ref_size: tuple[int, int]) -> np.ndarray:
+def _frame_to_rgb(frame: av.VideoFrame, ref_size: tuple[int, int], path: str) -> np.ndarray:
     """RGB24 array ``(h, w, 3)`` of a frame, rescaled to ``ref_size`` if it differs.
 
     Streams may change resolution midway (allowed in e.g. VP8/VP9); rescaling to the
-    first frame's size keeps the clip stackable.
+    first frame's size keeps the clip stackable. A frame FFmpeg cannot convert (an
+    exotic or damaged pixel format) is a :class:`VideoReadError` of ``path``, like any
+    other decoding failure.
     """
-    if (frame.width, frame.height) != ref_size:
-        return frame.to_ndarray(format="rgb24", width=ref_size[0], height=ref_size[1])
-    return frame.to_ndarray(format="rgb24")
+    try:
+        if (frame.width, frame.height) != ref_size:
+            return frame.to_ndarray(format="rgb24", width=ref_size[0], height=ref_size[1])
+        return frame.to_ndarray(format="rgb24")
+    except av.FFmpegError as err:
+        raise VideoReadError(f"Cannot read video {path!r}: {_ffmpeg_reason(err)}") from err
 
 
 def _rgb_frames_to_clip(frames: list[np.ndarray], size: int | None) -> torch.Tensor:
@@ -581,8 +587,8 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, *, fps: float = 8.
     """Write a clip to ``.mp4`` (H.264, yuv420p, crf 12) or ``.gif`` (looping).
 
     The file is written under a temporary name in the destination folder and moved
-    into place with :func:`os.replace`, so an interrupted write never leaves a partial
-    file under ``path``. Parent folders are created as needed.
+    into place when complete (:func:`larp.files.atomic_path`), so an interrupted write
+    never leaves a partial file under ``path``. Parent folders are created as needed.
 
     For mp4, odd widths/heights are extended by one replicated row/column because
     yuv420p needs even sizes. For gif, colours are quantised to a 256-colour palette
@@ -615,16 +621,10 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, *, fps: float = 8.
     # Exact rational rate; 1001-based NTSC rates (e.g. 30000/1001) survive the float.
     rate = Fraction(fps_value).limit_denominator(10_000)
 
-    path_obj.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden temp name in the same folder (same filesystem, so os.replace is atomic);
-    # it keeps the real suffix only for readability -- the format is passed explicitly.
-    tmp_path = path_obj.with_name(f".{path_obj.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    try:
+    # atomic_path: written under a temporary name beside ``path`` (its suffix kept, though the format is
+    # passed explicitly) and renamed into place only when complete; parent folders are created.
+    with atomic_path(path_obj) as tmp_path:
         if suffix == ".mp4":
             _write_mp4(str(tmp_path), frames, rate)
         else:
             _write_gif(str(tmp_path), frames, rate)
-        os.replace(tmp_path, path_obj)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
