@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import larp.config
+
 from larp.models.generator import GeneratorConfig, LARPGenerator
 from larp.models.sampling import filter_logits, generate, sample_logits, top_k_filter, top_p_filter
 from tests.conftest import OFFICIAL_FIXTURES, perturb_
@@ -149,6 +151,96 @@ def test_seeded_sampling_is_reproducible(cc_model):
     assert torch.equal(a, d)
 
 
+def _pinned_model(frame_prediction: bool) -> LARPGenerator:
+    torch.manual_seed(0)
+    config = GeneratorConfig(dim=32, n_layer=2, n_head=2, vocab_size=16, max_seq_len=8, num_classes=3,
+                             frame_prediction=frame_prediction)
+    return perturb_(LARPGenerator(config), seed=11, scale=0.5).eval()
+
+
+def test_seeded_tokens_are_pinned():
+    """The tokens of version 0.1.0's decoding loop for these seeds: a change to the loop must not move them."""
+    cc, fp = _pinned_model(False), _pinned_model(True)
+    seed = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    assert cc.generate(torch.tensor([0, 1, 2]), cfg_scale=1.25, generator=seed(1)).tolist() == [
+        [2, 9, 0, 9, 9, 12, 5, 14], [8, 5, 12, 9, 9, 15, 5, 8], [11, 0, 0, 1, 0, 9, 8, 4]]
+    assert cc.generate(torch.tensor([2, 0]), cfg_scale=2.0, cfg_interval=2, temperature=0.8, top_k=4, top_p=0.9,
+                       generator=seed(2)).tolist() == [[11, 0, 0, 1, 2, 14, 0, 11], [2, 6, 0, 2, 9, 3, 8, 0]]
+    assert cc.generate(torch.tensor([1, 1]), cfg_scale=1.5, use_cache=False, generator=seed(3)).tolist() == [
+        [8, 2, 2, 9, 7, 9, 0, 3], [8, 14, 5, 9, 2, 9, 11, 6]]
+    clips = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 15, 15, 15, 15]])
+    assert fp.generate(clips, generator=seed(4)).tolist() == [[8, 11, 4, 10, 3, 8, 7, 3], [11, 10, 14, 0, 0, 8, 5, 0]]
+
+
+class _HostReads:
+    """Counts the tensor methods that read a value back to the host (a sync on an accelerator)."""
+
+    METHODS = ("item", "tolist", "__int__", "__float__", "__bool__", "__index__")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                self.count += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def test_generate_and_forward_read_the_host_once_per_call(cc_model, fp_model, monkeypatch):
+    reads = _HostReads(monkeypatch)
+    cc_model.generate(torch.tensor([0, 1]), cfg_scale=1.5, generator=torch.Generator().manual_seed(0))
+    assert reads.count == 1  # the condition check, not one per decode step (32 steps here)
+    fp_model.generate(torch.zeros(1, fp_model.config.max_seq_len, dtype=torch.long), top_k=1)
+    assert reads.count == 2
+    tokens = torch.zeros(2, cc_model.config.max_seq_len, dtype=torch.long)
+    cc_model(tokens, torch.tensor([0, 1]))
+    assert reads.count == 3  # tokens and classes are range-checked together
+    cc_model(tokens, torch.tensor([0, 1]), check_values=False)  # a training step on validated data
+    assert reads.count == 3
+
+
+def test_decoding_allocates_the_cache_in_the_compute_dtype(cc_model, monkeypatch):
+    seen = []
+    setup = LARPGenerator.setup_cache
+
+    def spy(self, batch, max_len=None, dtype=None, device=None):
+        seen.append((batch, max_len, dtype))
+        return setup(self, batch, max_len, dtype, device)
+
+    monkeypatch.setattr(LARPGenerator, "setup_cache", spy)
+    cond = torch.tensor([0, 1])
+    fp32 = cc_model.generate(cond, top_k=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = cc_model.generate(cond, cfg_scale=2.0, top_k=1)
+        assert torch.equal(bf16, generate(cc_model, cond, cfg_scale=2.0, top_k=1, use_cache=False))
+    n = cc_model.config.max_seq_len
+    assert seen == [(2, n, torch.float32), (4, n, torch.bfloat16)] and fp32.shape == (2, n)
+    assert not cc_model.has_cache and cc_model._causal_mask is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync debug mode)")
+def test_cuda_decode_steps_never_sync(cc_model):
+    """With a device generator, a whole generate call synchronises once (its input check), on CUDA."""
+    import warnings
+
+    model = cc_model.cuda()
+    cond = torch.tensor([0, 1], device="cuda")
+    generator = torch.Generator("cuda").manual_seed(0)
+    model.generate(cond, cfg_scale=1.5, generator=generator)  # warm-up: lazy CUDA initialisation
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.generate(cond, cfg_scale=1.5, top_k=20, top_p=0.9, generator=generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
 def test_bad_conditions_are_clear_errors(cc_model, fp_model):
     n = cc_model.config.max_seq_len
     tokens = torch.zeros(2, n, dtype=torch.long)
@@ -214,14 +306,21 @@ def test_save_load_round_trip(tmp_path, official_format, which, cc_model, fp_mod
 
 
 def test_official_config_validation():
-    from larp.models.generator import config_from_official, config_to_official
+    from larp.compat import official
 
     cfg = GeneratorConfig(dim=64, n_layer=2, n_head=4, vocab_size=100, max_seq_len=16, frame_prediction=True)
-    data = config_to_official(cfg)
-    assert config_from_official(data) == cfg
-    with pytest.raises(ValueError, match="cls_token_num"):
-        config_from_official({**data, "cls_token_num": 1})
-    with pytest.raises(ValueError, match="unknown"):
-        config_from_official({**data, "bogus": 1})
+    data = LARPGenerator.config_to_official(cfg)
+    assert data["cls_token_num"] == 17 and data["use_fixed_pe"] is False and data["rope_base"] == 10000
+    assert LARPGenerator.config_from_official(data) == cfg
+    with pytest.raises(ValueError, match="cls_token_num 1 does not fit a frame-prediction model"):
+        LARPGenerator.config_from_official({**data, "cls_token_num": 1})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['bogus'\]"):
+        LARPGenerator.config_from_official({**data, "bogus": 1})
     with pytest.raises(ValueError, match="n_kv_head"):
-        config_from_official({**data, "n_kv_head": 2})
+        LARPGenerator.config_from_official({**data, "n_kv_head": 2})
+    with pytest.raises(ValueError, match="drop_path_rate=0.1 is not supported"):
+        LARPGenerator.config_from_official({**data, "drop_path_rate": 0.1})
+    with pytest.raises(ValueError, match="dim: expected an integer"):
+        LARPGenerator.config_from_official({**data, "dim": "wide"})
+    # compat carries every GeneratorConfig field (and nothing else) over under its own name
+    assert set(official.GENERATOR_KEYS) == set(larp.config.config_to_dict(cfg))

@@ -130,12 +130,12 @@ def test_hub_id_is_served_from_the_offline_cache(tmp_path, tiny_tokenizer, tiny_
 
 def test_official_config_translation_round_trip():
     for name, config in larp.TOKENIZER_PRESETS.items():
-        assert official.tokenizer_config_from_official(official.tokenizer_config_to_official(config)) == config, name
+        assert larp.LARPTokenizer.config_from_official(larp.LARPTokenizer.config_to_official(config)) == config, name
 
 
 def test_official_fixture_config_translates():
     folder = official_fixture("tokenizer-small")
-    config = official.tokenizer_config_from_official(json.loads((folder / "config.json").read_text()))
+    config = larp.LARPTokenizer.config_from_official(json.loads((folder / "config.json").read_text()))
     assert (config.frame_num, config.input_size, config.num_tokens) == (16, 64, 128)
     assert (config.encoder_hidden_size, config.encoder_num_heads, config.encoder_depth) == (96, 4, 2)
     assert config.quantizer.codebook_size == 512 and config.quantizer.temperature == 0.03
@@ -150,9 +150,9 @@ def test_official_fixture_config_translates():
     ],
 )
 def test_unsupported_official_flags_are_refused(change, message):
-    data = official.tokenizer_config_to_official(larp.TOKENIZER_PRESETS["larp-tiny"])
+    data = larp.LARPTokenizer.config_to_official(larp.TOKENIZER_PRESETS["larp-tiny"])
     with pytest.raises(ValueError, match=message):
-        official.tokenizer_config_from_official({**data, **change})
+        official.tokenizer_fields_from_official({**data, **change})
 
 
 def test_strict_config_from_dict():
@@ -162,3 +162,22 @@ def test_strict_config_from_dict():
         config_from_dict(larp.TokenizerConfig, {"quantizer": {"size": 3}})
     config = config_from_dict(larp.TokenizerConfig, {"num_tokens": 64, "latent_pe_base": 100})
     assert config.num_tokens == 64 and config.latent_pe_base == 100.0
+
+
+def test_official_translation_works_on_plain_dicts_and_imports_no_model():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(official))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not [m for m in imported if m.startswith("larp")], imported
+    config = larp.TOKENIZER_PRESETS["larp-tiny"]
+    fields = official.tokenizer_fields_from_official(larp.LARPTokenizer.config_to_official(config))
+    assert fields["num_tokens"] == 32 and fields["latent_pe_base"] == 10000.0
+    assert fields["quantizer"] == {"codebook_size": 256, "code_dim": 16, "stochastic": True, "temperature": 0.03,
+                                   "commitment_weight": 0.25, "codebook_weight": 1.0}
+    assert config_from_dict(larp.TokenizerConfig, fields) == config
+    nested = larp.TokenizerConfig(**{**config.__dict__, "nested_dropout": True})
+    with pytest.raises(ValueError, match="nested-dropout tokenizer has a mask embedding"):
+        larp.LARPTokenizer.config_to_official(nested)

@@ -203,6 +203,20 @@ def test_bad_ids_raise(tiny_tokenizer, ids, kwargs, message):
         tiny_tokenizer.decode(ids, **kwargs)
 
 
+@pytest.mark.parametrize("frames", [4, 8, 12, 16])
+def test_check_num_frames_accepts_multiples_of_the_temporal_patch(tiny_tokenizer, frames):
+    assert tiny_tokenizer.check_num_frames(frames) == frames
+
+
+@pytest.mark.parametrize(
+    "frames, message",
+    [(0, "got 0"), (6, "multiple of the temporal patch \\(4\\)"), (20, "at most 16"), (8.0, "got 8.0")],
+)
+def test_check_num_frames_refuses_other_counts(tiny_tokenizer, frames, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_tokenizer.check_num_frames(frames)
+
+
 def test_int32_ids_are_accepted(tiny_tokenizer, tiny_video):
     ids = tiny_tokenizer.encode(tiny_video)
     torch.testing.assert_close(tiny_tokenizer.decode(ids.int()), tiny_tokenizer.decode(ids))

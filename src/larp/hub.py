@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from larp.config import config_from_dict, config_to_dict
+from larp.files import write_atomic, write_text_atomic
 from larp.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -102,33 +102,27 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read {folder / WEIGHTS_NAME}: {error}") from None
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` to a temporary name in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_folder(folder: str | os.PathLike, config: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``folder``."""
+    """Write ``config.json`` and ``model.safetensors`` (each atomically) into ``folder``.
+
+    The weights go first, so a folder whose config.json is new always has the matching weights.
+    Prefer a model's ``save_pretrained``, which writes the config that ``from_pretrained`` reads back.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    write_atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
 
 
 class PretrainedMixin:
     """``from_pretrained`` / ``save_pretrained`` / ``from_preset`` for a model built from one typed config.
 
-    A model class sets ``config_class``, ``presets``, optionally ``ignored_checkpoint_prefixes``, and
-    implements ``recomputable_buffers(config)`` and the official-format conversions.
+    A model class sets ``config_class``, ``presets``, optionally ``ignored_checkpoint_prefixes``, and may
+    implement ``recomputable_buffers(config)`` and the official-format conversions (``config_from_official``
+    / ``config_to_official``, built on :mod:`larp.compat.official`); without them only this library's own
+    layout loads.
     """
 
     config_class: ClassVar[type]

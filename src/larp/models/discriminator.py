@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from larp.models.layers import Block, patch_grid, sincos_3d
-from larp.models.tokenizer import PatchEmbed3D
+from larp.models.layers import Block, PatchEmbed3D, patch_grid, sincos_3d
 
 
 @dataclass(frozen=True)

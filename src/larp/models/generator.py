@@ -15,14 +15,16 @@ is a separate object (``setup_cache`` / ``reset_cache``), never part of ``state_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from larp.compat import official
+from larp.config import config_from_dict, config_to_dict
 from larp.hub import PretrainedMixin
+from larp.models import sampling
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -117,52 +119,6 @@ GENERATOR_PRESETS["ar-fp-tiny"] = GeneratorConfig(
     dim=64, n_layer=2, n_head=4, vocab_size=256, max_seq_len=32, frame_prediction=True
 )
 
-# Official ModelArgs keys with no effect here, and the values they must have.
-_OFFICIAL_FIXED = {
-    "drop_path_rate": 0.0,
-    "use_fixed_pe": False,
-}
-_OFFICIAL_IGNORED = ("max_batch_size", "rope_base", "model_type", "n_kv_head", "cls_token_num")
-
-
-def config_from_official(data: dict[str, Any]) -> GeneratorConfig:
-    """A ``GeneratorConfig`` from the official flat ``ModelArgs`` dict (config.json of ``LARP_AR``)."""
-    known = {f.name for f in fields(GeneratorConfig)}
-    unknown = sorted(set(data) - known - set(_OFFICIAL_FIXED) - set(_OFFICIAL_IGNORED))
-    if unknown:
-        raise ValueError(f"official generator config: unknown key(s) {unknown}")
-    for key, value in _OFFICIAL_FIXED.items():
-        if key in data and data[key] != value:
-            raise ValueError(f"official generator config: {key}={data[key]!r} is not supported (only {value!r})")
-    if data.get("n_kv_head") not in (None, data.get("n_head")):
-        raise ValueError("official generator config: grouped-query attention (n_kv_head != n_head) is not supported")
-    from larp.config import config_from_dict
-
-    config = config_from_dict(GeneratorConfig, {k: v for k, v in data.items() if k in known})
-    if "cls_token_num" in data and data["cls_token_num"] != config.cls_token_num:
-        kind = "frame-prediction" if config.frame_prediction else "class-conditional"
-        raise ValueError(
-            f"official generator config: cls_token_num {data['cls_token_num']} does not fit a {kind} model "
-            f"with max_seq_len {config.max_seq_len} (expected {config.cls_token_num})"
-        )
-    return config
-
-
-def config_to_official(config: GeneratorConfig) -> dict[str, Any]:
-    """The official flat ``ModelArgs`` dict for ``config`` (readable by ``LARP_AR.from_pretrained``)."""
-    out = {f.name: getattr(config, f.name) for f in fields(GeneratorConfig)}
-    out.update(
-        cls_token_num=config.cls_token_num,
-        drop_path_rate=0.0,
-        max_batch_size=32,
-        model_type="class_cond",
-        n_kv_head=None,
-        rope_base=10000,
-        use_fixed_pe=False,
-    )
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- layers
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps)`` in float32, cast back, times the weight."""
@@ -193,7 +149,11 @@ class FeedForward(nn.Module):
 
 
 class KVCache:
-    """Keys and values of one attention layer, (batch, heads, max_len, head_dim). Not a module."""
+    """Keys and values of one attention layer, (batch, heads, max_len, head_dim). Not a module.
+
+    Allocate it in the dtype the attention computes in (what ``generate`` does), so that ``update`` and
+    the read-back in ``Attention`` cast nothing (``Tensor.to`` of the same dtype is a no-op).
+    """
 
     def __init__(self, batch: int, heads: int, max_len: int, head_dim: int, dtype, device):
         self.k = torch.zeros(batch, heads, max_len, head_dim, dtype=dtype, device=device)
@@ -215,7 +175,15 @@ class Attention(nn.Module):
         self.attn_dropout_p = config.attn_dropout_p
         self.resid_dropout = nn.Dropout(config.resid_dropout_p)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, input_pos: torch.Tensor | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (b, s, dim) -> (b, s, dim). Without a cache: causal over the s positions. With one: the s new
+        positions ``input_pos`` (s,) attend to the cached keys where ``mask`` (s, max_len) is True."""
         b, s, d = x.shape
         q, k, v = self.wqkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         dropout = self.attn_dropout_p if self.training else 0.0
@@ -223,7 +191,6 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k, v = cache.update(input_pos, k, v)
-            mask = torch.arange(k.shape[2], device=x.device)[None, :] <= input_pos[:, None]
             out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=dropout)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, s, d)))
 
@@ -236,8 +203,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, config.norm_eps)
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
 
-    def forward(self, x, cache=None, input_pos=None):
-        h = x + self.attention(self.attention_norm(x), cache, input_pos)
+    def forward(self, x, cache=None, input_pos=None, mask=None):
+        h = x + self.attention(self.attention_norm(x), cache, input_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -250,6 +217,13 @@ class LabelEmbedder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- model
+def _value_ranges(*tensors: torch.Tensor) -> list[tuple[int, int] | None]:
+    """(min, max) of each integer tensor (None for an empty one), read back with ONE host sync for all."""
+    stats = [torch.stack(t.aminmax()).long() for t in tensors if t.numel()]
+    values = iter(torch.cat(stats).tolist() if stats else [])
+    return [(next(values), next(values)) if t.numel() else None for t in tensors]
+
+
 class LARPGenerator(PretrainedMixin, nn.Module):
     """LARP AR generator. Token ids are int64 (b, N) with ``N = config.max_seq_len``.
 
@@ -275,6 +249,7 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self._caches: list[KVCache] | None = None
+        self._causal_mask: torch.Tensor | None = None  # (max_len, max_len) bool, with the caches
         self.init_weights()
 
     # ------------------------------------------------------------------ construction / formats
@@ -291,27 +266,50 @@ class LARPGenerator(PretrainedMixin, nn.Module):
 
     @classmethod
     def config_from_official(cls, data: dict) -> GeneratorConfig:
-        return config_from_official(data)
+        """The config of an official flat ``ModelArgs`` dict (see :mod:`larp.compat.official`)."""
+        config = config_from_dict(GeneratorConfig, official.generator_fields_from_official(data))
+        if "cls_token_num" in data and data["cls_token_num"] != config.cls_token_num:
+            kind = "frame-prediction" if config.frame_prediction else "class-conditional"
+            raise ValueError(
+                f"official generator config: cls_token_num {data['cls_token_num']} does not fit a {kind} model "
+                f"with max_seq_len {config.max_seq_len} (expected {config.cls_token_num})"
+            )
+        return config
 
     @classmethod
     def config_to_official(cls, config: GeneratorConfig) -> dict:
-        return config_to_official(config)
+        """The official flat ``ModelArgs`` dict of ``config`` (readable by ``LARP_AR.from_pretrained``)."""
+        return official.generator_fields_to_official(config_to_dict(config), cls_token_num=config.cls_token_num)
 
     # ------------------------------------------------------------------ validation
+    # Layout checks (dtype, shape) read only metadata. Value-range checks must read values back to the host,
+    # a sync with an accelerator, so each public entry point reads all its ranges at once (`_value_ranges`):
+    # one sync per `forward` call (none with check_values=False), one per `generate` call, none per decode step.
     def check_tokens(self, tokens: torch.Tensor, name: str = "tokens", length: int | None = None) -> None:
-        cfg = self.config
+        """Raise ValueError unless ``tokens`` is an int (b, length) tensor of ids in [0, vocab_size)."""
+        self._check_token_layout(tokens, name, length)
+        self._check_token_range(name, *_value_ranges(tokens))
+
+    def check_condition(self, cond: torch.Tensor, batch: int | None = None) -> None:
+        """Raise ValueError unless ``cond`` is valid for this model: class ids (b,) for a class-conditional
+        model, the condition clip's token ids (b, max_seq_len) without SEP for frame prediction."""
+        self._check_condition_layout(cond, batch)
+        self._check_condition_range(*_value_ranges(cond))
+
+    def _check_token_layout(self, tokens: torch.Tensor, name: str, length: int | None) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be an int64 tensor of token ids, got {getattr(tokens, 'dtype', type(tokens))}")
         if tokens.dim() != 2:
             raise ValueError(f"{name} must have shape (batch, length), got {tuple(tokens.shape)}")
         if length is not None and tokens.shape[1] != length:
             raise ValueError(f"{name} must have {length} tokens per video (max_seq_len), got {tokens.shape[1]}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= cfg.vocab_size):
-            raise ValueError(f"{name} must be ids in [0, {cfg.vocab_size}), got range "
-                             f"[{int(tokens.min())}, {int(tokens.max())}]")
 
-    def check_condition(self, cond: torch.Tensor, batch: int | None = None) -> None:
-        """Raise ValueError unless ``cond`` is valid for this model (class ids or a condition clip)."""
+    def _check_token_range(self, name: str, value_range: tuple[int, int] | None) -> None:
+        vocab = self.config.vocab_size
+        if value_range is not None and (value_range[0] < 0 or value_range[1] >= vocab):
+            raise ValueError(f"{name} must be ids in [0, {vocab}), got range [{value_range[0]}, {value_range[1]}]")
+
+    def _check_condition_layout(self, cond: torch.Tensor, batch: int | None) -> None:
         cfg = self.config
         if cfg.frame_prediction:
             if isinstance(cond, torch.Tensor) and cond.dim() == 2 and cond.shape[1] == cfg.max_seq_len + 1:
@@ -319,19 +317,24 @@ class LARPGenerator(PretrainedMixin, nn.Module):
                     f"cond has {cond.shape[1]} positions: pass the {cfg.max_seq_len} condition-clip token ids "
                     f"without the SEP token (the model appends SEP = {cfg.sep_token} itself)"
                 )
-            self.check_tokens(cond, "cond (condition-clip token ids)", cfg.max_seq_len)
+            self._check_token_layout(cond, "cond (condition-clip token ids)", cfg.max_seq_len)
         else:
             if not isinstance(cond, torch.Tensor) or cond.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"cond must be an int64 tensor of class ids, got {getattr(cond, 'dtype', type(cond))}")
             if cond.dim() != 1:
                 raise ValueError(f"cond must be class ids of shape (batch,), got {tuple(cond.shape)}")
-            top = cfg.num_classes + int(cfg.has_null_class)
-            if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= top):
-                null = f" (the null class {cfg.null_class} included)" if cfg.has_null_class else ""
-                raise ValueError(f"class ids must be in [0, {top}){null}, got range "
-                                 f"[{int(cond.min())}, {int(cond.max())}]")
         if batch is not None and cond.shape[0] != batch:
             raise ValueError(f"cond has batch {cond.shape[0]} but tokens have batch {batch}")
+
+    def _check_condition_range(self, value_range: tuple[int, int] | None) -> None:
+        cfg = self.config
+        if cfg.frame_prediction:
+            self._check_token_range("cond (condition-clip token ids)", value_range)
+            return
+        top = cfg.num_classes + int(cfg.has_null_class)
+        if value_range is not None and (value_range[0] < 0 or value_range[1] >= top):
+            null = f" (the null class {cfg.null_class} included)" if cfg.has_null_class else ""
+            raise ValueError(f"class ids must be in [0, {top}){null}, got range [{value_range[0]}, {value_range[1]}]")
 
     # ------------------------------------------------------------------ embeddings
     def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
@@ -353,20 +356,35 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         return torch.where(drop, torch.full_like(cond, self.config.null_class), cond)
 
     def _trunk(self, h: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+        """Embeddings (b, s, dim) -> logits (b, s, V); with ``input_pos`` (s,) through the KV cache."""
         h = self.tok_dropout(h)
         if input_pos is None:
             h = h + self.abs_pe[:, : h.shape[1]]
+            for layer in self.layers:
+                h = layer(h)
         else:
+            # Positions stay on the device: indexing with them queues gathers, no host round trip.
             h = h + self.abs_pe[0, input_pos]
-        for i, layer in enumerate(self.layers):
-            h = layer(h, None if input_pos is None else self._caches[i], input_pos)
+            mask = self._causal_mask[input_pos]  # (s, max_len), shared by all layers
+            for layer, cache in zip(self.layers, self._caches):
+                h = layer(h, cache, input_pos, mask)
         return self.output(self.norm(h))
 
     # ------------------------------------------------------------------ teacher forcing
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (b, N, vocab_size): position i predicts ``tokens[:, i]``."""
-        self.check_tokens(tokens, "tokens", self.config.max_seq_len)
-        self.check_condition(cond, tokens.shape[0])
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, *, check_values: bool = True) -> torch.Tensor:
+        """Teacher-forced logits (b, N, vocab_size): position i predicts ``tokens[:, i]``.
+
+        Shapes and dtypes are always checked (no sync). The value ranges of both inputs are read back
+        together, one host sync per call; a training loop whose data was validated once (a checked token
+        cache) passes ``check_values=False`` to run its steps without that sync. An out-of-range id then
+        fails inside the embedding lookup instead of with this message.
+        """
+        self._check_token_layout(tokens, "tokens", self.config.max_seq_len)
+        self._check_condition_layout(cond, tokens.shape[0])
+        if check_values:
+            token_range, cond_range = _value_ranges(tokens, cond)
+            self._check_token_range("tokens", token_range)
+            self._check_condition_range(cond_range)
         if not self.config.frame_prediction:
             cond = self.drop_classes(cond)
         h = torch.cat([self.embed_condition(cond), self.embed_tokens(tokens[:, :-1])], dim=1)
@@ -381,7 +399,12 @@ class LARPGenerator(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------ KV-cache decoding
     def setup_cache(self, batch: int, max_len: int | None = None, dtype: torch.dtype | None = None,
                     device: torch.device | str | None = None) -> None:
-        """Allocate a fresh KV cache for ``batch`` sequences of up to ``max_len`` positions."""
+        """Allocate a fresh KV cache for ``batch`` sequences of up to ``max_len`` positions, and the causal
+        mask that the decode steps index (built once here, never per step).
+
+        ``dtype`` should be the dtype attention computes in (under autocast: the autocast dtype); default
+        the parameters' dtype.
+        """
         max_len = self.config.seq_len if max_len is None else max_len
         if max_len > self.config.seq_len:
             raise ValueError(f"max_len {max_len} exceeds the model's {self.config.seq_len} positions")
@@ -391,10 +414,13 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         self._caches = [
             KVCache(batch, self.config.n_head, max_len, head_dim, dtype, device) for _ in self.layers
         ]
+        # Row p lets position p attend to keys 0..p.
+        self._causal_mask = torch.ones(max_len, max_len, dtype=torch.bool, device=device).tril()
 
     def reset_cache(self) -> None:
         """Free the KV cache."""
         self._caches = None
+        self._causal_mask = None
 
     @property
     def has_cache(self) -> bool:
@@ -404,7 +430,8 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         """Run embeddings ``h`` (b, s, dim) at positions ``input_pos`` (s,) through the cache -> logits (b, s, V).
 
         Prefill with the conditioning embeddings at ``arange(cls_token_num)``, then feed one token
-        embedding at a time. Requires ``setup_cache`` first.
+        embedding at a time. Requires ``setup_cache`` first. The checks here read shapes only, so a step
+        never waits for the device.
         """
         if self._caches is None:
             raise RuntimeError("forward_step needs a KV cache: call setup_cache(batch, max_len) first")
@@ -417,9 +444,7 @@ class LARPGenerator(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------ sampling
     def generate(self, cond: torch.Tensor, **kwargs) -> torch.Tensor:
         """Sample token ids (b, max_seq_len); see :func:`larp.models.sampling.generate` for the options."""
-        from larp.models.sampling import generate
-
-        return generate(self, cond, **kwargs)
+        return sampling.generate(self, cond, **kwargs)
 
     def extra_repr(self) -> str:
         kind = "frame prediction" if self.config.frame_prediction else f"{self.config.num_classes} classes"

@@ -1,4 +1,4 @@
-"""Building blocks shared by the LARP models: sin-cos position tables and the ViT block.
+"""Building blocks shared by the LARP models: sin-cos position tables, the 3D patch embedding, the ViT block.
 
 Tensor legend: b = batch, n = sequence length, d = channels, t'/h'/w' = patch-grid sizes.
 
@@ -26,7 +26,7 @@ VALUE_MARGIN = 0.25
 
 def check_unit_range(video: torch.Tensor) -> None:
     """Raise ValueError unless the values lie in [0, 1] (within VALUE_MARGIN); NaN fails too."""
-    lo, hi = (v.item() for v in video.aminmax())
+    lo, hi = torch.stack(video.aminmax()).tolist()  # one host sync for both bounds
     if not (lo >= -VALUE_MARGIN and hi <= 1 + VALUE_MARGIN):
         raise ValueError(
             f"expected video values in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
@@ -81,6 +81,20 @@ def sincos_3d(dim: int, grid_t: int, grid_h: int, grid_w: int) -> torch.Tensor:
 def sincos_sequence(dim: int, length: int, base: float = 10000.0) -> torch.Tensor:
     """(length, dim) float32 1D sin-cos table over positions 0..length-1."""
     return sincos_1d(dim, torch.arange(length), base).float()
+
+
+class PatchEmbed3D(nn.Module):
+    """Non-overlapping 3D patches by a strided Conv3d: (b,c,t,h,w) -> (b, P, d), t-major token order.
+
+    Shared by the tokenizer and the discriminator (both call it ``x_embedder``, as the official code).
+    """
+
+    def __init__(self, in_channels: int, dim: int, patch: tuple[int, int, int]):
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.proj(video).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):

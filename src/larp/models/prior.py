@@ -9,7 +9,10 @@ codebook: it shapes the encoder's latent space (gradients reach the encoder thro
 fixes an order for the holistic tokens, but never moves the codebook. With scheduled sampling, a second
 round replaces a growing share of the inputs by codes sampled from the first round's predictions.
 
-Key names equal the official ``GPTC`` (``prior_model.*`` in official tokenizer checkpoints).
+Key names equal the official ``GPTC`` (``prior_model.*`` in official tokenizer checkpoints). A trained
+prior is saved and loaded like the other models (``save_pretrained`` / ``from_pretrained``: a folder with
+``config.json``, ``_class_name`` "LatentPrior", and ``model.safetensors``); the tokenizer trainer exports
+one beside the tokenizer so that training can continue from both.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from larp.hub import PretrainedMixin
 
 
 @dataclass(frozen=True)
@@ -95,8 +100,14 @@ class PriorBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class LatentPrior(nn.Module):
-    """Continuous causal GPT: codes (b, n, c) -> unit-norm predictions of codes 1..n-1."""
+class LatentPrior(PretrainedMixin, nn.Module):
+    """Continuous causal GPT: codes (b, n, c) -> unit-norm predictions of codes 1..n-1.
+
+    Build with ``LatentPrior(PriorConfig(...))``, ``from_preset(name)`` or ``from_pretrained(folder)``.
+    """
+
+    config_class = PriorConfig
+    presets = PRIOR_PRESETS
 
     def __init__(self, config: PriorConfig):
         super().__init__()

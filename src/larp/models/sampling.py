@@ -1,9 +1,18 @@
 """Sampling from a :class:`~larp.models.generator.LARPGenerator` (LARP.md D.4).
 
-Free functions: logit filtering (top-k, HF-style nucleus top-p), one sampling step that never syncs with
-the host (an exponential race: ``argmax(logits - log E)`` with ``E ~ Exp(1)`` draws from
-``softmax(logits)``; reproducible with a ``torch.Generator``), and :func:`generate`, the official
-decoding loop with an explicit KV cache and classifier-free guidance on raw logits.
+Free functions: logit filtering (top-k, HF-style nucleus top-p), one sampling step without a host
+round trip (an exponential race: ``argmax(logits - log E)`` with ``E ~ Exp(1)`` draws from
+``softmax(logits)``, instead of ``torch.multinomial``; reproducible with a ``torch.Generator``), and
+:func:`generate`, the official decoding loop with an explicit KV cache and classifier-free guidance on raw
+logits.
+
+Host work in :func:`generate` (gpt-fast style): the inputs are checked once per call (one host sync to
+read the condition's value range), the positions are one device ``arange`` that the steps slice, the
+causal mask is built once with the cache, and the cache is allocated in the compute dtype, so a decode
+step only queues device work. With a ``generator`` on the model's device the noise is drawn there too. A
+generator on another device (a CPU one with a CUDA model) draws each step's noise where it lives, so a
+seed draws the same noise whatever the model's device; that noise is made on the host and copied (from
+pinned memory, without blocking) every step.
 """
 
 from __future__ import annotations
@@ -58,15 +67,39 @@ def sample_logits(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw one id per row of ``logits`` (..., V) -> int64 (...). ``top_k == 1`` or ``temperature == 0``
-    is greedy (argmax). No host synchronisation; reproducible for a given ``generator``."""
+    is greedy (argmax). Reproducible for a given ``generator``; no host sync when the generator is on the
+    logits' device (or None)."""
     _check_options(temperature, top_k, top_p)
+    return _sample(logits, temperature, top_k, top_p, generator)
+
+
+def _sample(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """:func:`sample_logits` without the option checks (done once per :func:`generate` call)."""
     if top_k == 1 or temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / max(temperature, 1e-5)
+    logits = logits.float() / max(temperature, 1e-5)  # sample in float32 whatever the compute dtype
     logits = filter_logits(logits, top_k, top_p)
-    device = generator.device if generator is not None else logits.device
-    noise = torch.empty(logits.shape, dtype=torch.float32, device=device).exponential_(generator=generator)
-    return (logits - noise.to(logits.device).log()).argmax(dim=-1)
+    return (logits - _exponential_noise(logits.shape, logits.device, generator).log()).argmax(dim=-1)
+
+
+def _exponential_noise(shape: torch.Size, device: torch.device, generator: torch.Generator | None) -> torch.Tensor:
+    """Exp(1) draws (float32, ``shape``) on ``device``, made by ``generator`` on the generator's own device."""
+    if generator is None or generator.device == device:
+        return torch.empty(shape, dtype=torch.float32, device=device).exponential_(generator=generator)
+    # Drawn where the generator lives (the same numbers as on that device), then copied. Pinned host
+    # memory makes the copy asynchronous; the caching host allocator keeps the buffer until it is done.
+    pinned = generator.device.type == "cpu" and device.type == "cuda"
+    noise = torch.empty(shape, dtype=torch.float32, device=generator.device, pin_memory=pinned)
+    return noise.exponential_(generator=generator).to(device, non_blocking=pinned)
+
+
+def _compute_dtype(device: torch.device, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype attention computes in: the autocast dtype when autocast is on for ``device``."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return param_dtype
 
 
 @torch.no_grad()
@@ -101,8 +134,9 @@ def generate(
             without a null class.
     """
     config = model.config
+    # Every check happens here, once: the decode loop below queues device work only.
     _check_options(temperature, top_k, top_p)
-    model.check_condition(cond)
+    model.check_condition(cond)  # the one host sync of the call (reads the class-id / token range)
     use_cfg = float(cfg_scale) != 1.0
     if use_cfg and config.frame_prediction:
         raise ValueError("classifier-free guidance is not available for frame prediction (use cfg_scale=1)")
@@ -126,7 +160,7 @@ def generate(
                 logits = uncond_logits + (cond_logits - uncond_logits) * cfg_scale
             else:
                 logits = cond_logits
-        return sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        return _sample(logits, temperature, top_k, top_p, generator)
 
     was_training = model.training
     model.eval()
@@ -134,15 +168,17 @@ def generate(
     try:
         prefix = model.embed_condition(cond)
         if use_cache:
-            model.setup_cache(rows, prefix_len + n_tokens - 1, dtype=prefix.dtype, device=device)
-            logits = model.forward_step(prefix, torch.arange(prefix_len, device=device))[:, -1]
+            seq_len = prefix_len + n_tokens - 1  # the last token is sampled, never fed back
+            positions = torch.arange(seq_len, device=device)  # each step feeds a slice of it (a view)
+            model.setup_cache(rows, seq_len, dtype=_compute_dtype(device, prefix.dtype), device=device)
+            logits = model.forward_step(prefix, positions[:prefix_len])[:, -1]
             for n in range(n_tokens):
                 token = pick(logits, n)
                 out[:, n] = token
                 if n + 1 < n_tokens:
                     fed = token.repeat(rows // batch)[:, None]
-                    pos = torch.tensor([prefix_len + n], device=device)
-                    logits = model.forward_step(model.embed_tokens(fed), pos)[:, -1]
+                    pos = prefix_len + n
+                    logits = model.forward_step(model.embed_tokens(fed), positions[pos : pos + 1])[:, -1]
         else:
             h = prefix
             for n in range(n_tokens):

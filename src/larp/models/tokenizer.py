@@ -24,9 +24,19 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from larp.compat import official
+from larp.config import config_from_dict, config_to_dict
 from larp.hub import PretrainedMixin
-from larp.models.layers import InContextTransformer, check_unit_range, patch_grid, sincos_3d, sincos_sequence
+from larp.models.layers import (
+    InContextTransformer,
+    PatchEmbed3D,
+    check_unit_range,
+    patch_grid,
+    sincos_3d,
+    sincos_sequence,
+)
 from larp.models.quantizer import Bottleneck, QuantizerConfig, QuantizerOutput
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -113,17 +123,6 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
         quantizer=QuantizerConfig(codebook_size=256),
     ),
 }
-
-
-class PatchEmbed3D(nn.Module):
-    """Non-overlapping 3D patches by a strided Conv3d: (b,c,t,h,w) -> (b, P, d), t-major token order."""
-
-    def __init__(self, in_channels: int, dim: int, patch: tuple[int, int, int]):
-        super().__init__()
-        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.proj(video).flatten(2).transpose(1, 2)
 
 
 class OutputLayer(nn.Module):
@@ -220,15 +219,13 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
 
     @classmethod
     def config_from_official(cls, data: dict) -> TokenizerConfig:
-        from larp.compat import official
-
-        return official.tokenizer_config_from_official(data)
+        """The config of an official tokenizer ``config.json`` dict (see :mod:`larp.compat.official`)."""
+        return config_from_dict(TokenizerConfig, official.tokenizer_fields_from_official(data))
 
     @classmethod
     def config_to_official(cls, config: TokenizerConfig) -> dict:
-        from larp.compat import official
-
-        return official.tokenizer_config_to_official(config)
+        """The official ``config.json`` dict of ``config``."""
+        return official.tokenizer_fields_to_official(config_to_dict(config))
 
     # ------------------------------------------------------------------ building blocks of the pass
     def encode_features(self, video: torch.Tensor) -> torch.Tensor:
@@ -390,7 +387,7 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
             (b, c, t, h, w) float video in the model's dtype.
         """
         ids = self._check_ids(ids)
-        num_frames = self._check_num_frames(self.config.frame_num if num_frames is None else num_frames)
+        num_frames = self.check_num_frames(self.config.frame_num if num_frames is None else num_frames)
         video = self.decode_latents(self.ids_to_latents(ids), num_frames)
         return video.clamp(0, 1) if clamp else video
 
@@ -403,7 +400,13 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
     def dtype(self) -> torch.dtype:
         return self.x_embedder.proj.weight.dtype
 
-    def _check_num_frames(self, t: int) -> int:
+    def check_num_frames(self, t: int) -> int:
+        """Return ``t`` if this tokenizer can encode/decode clips of ``t`` frames, else raise ValueError.
+
+        A clip may be shorter than the model's ``frame_num`` (LARP.md A.9): ``t`` must be a positive
+        multiple of the temporal patch and at most ``frame_num``. Callers that cut clips (the CLI, the
+        evaluation protocols) check their frame count with this before reading any video.
+        """
         c = self.config
         if not isinstance(t, int) or t < c.temporal_patch_size or t > c.frame_num or t % c.temporal_patch_size:
             raise ValueError(
@@ -441,7 +444,7 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
                 f"expected {c.input_size}x{c.input_size} frames (the model's input_size), got {h}x{w}; "
                 f"resize with larp.data.resize_and_crop"
             )
-        self._check_num_frames(t)
+        self.check_num_frames(t)
         if b == 0:
             raise ValueError("expected at least one video in the batch, got an empty batch")
         check_unit_range(video)
@@ -457,9 +460,7 @@ class LARPTokenizer(PretrainedMixin, nn.Module):
         if ids.ndim != 2 or ids.shape[0] == 0 or not (ids.shape[1] == n or (c.nested_dropout and 1 <= ids.shape[1] <= n)):
             expected = f"(batch, k <= {n})" if c.nested_dropout else f"(batch, {n})"
             raise ValueError(f"expected token ids of shape {expected}, got shape {tuple(ids.shape)}")
-        lo, hi = ids.aminmax()
-        if lo.item() < 0 or hi.item() >= c.quantizer.codebook_size:
-            raise ValueError(
-                f"expected token ids in [0, {c.quantizer.codebook_size}), got values in [{lo.item()}, {hi.item()}]"
-            )
+        lo, hi = torch.stack(ids.aminmax()).tolist()  # one host sync for both bounds
+        if lo < 0 or hi >= c.quantizer.codebook_size:
+            raise ValueError(f"expected token ids in [0, {c.quantizer.codebook_size}), got values in [{lo}, {hi}]")
         return ids.to(device=self.device, dtype=torch.int64)
