@@ -1,9 +1,9 @@
 """Training-step time and peak memory (forward + backward + optimizer step), written as JSON.
 
 Cases:
-  tokenizer-tiny   the tokenizer of configs/tiny-cpu.yaml with its prior (larp-tiny, gptc prior), batch 32;
-  generator-tiny   the generator of configs/ar-tiny-cpu.yaml (dim 256, 4 layers, 32 tokens, vocab 256), batch 64;
-  tokenizer-larp-l configs/larp-l-long.yaml (larp-l + gptc-s prior + discriminator, bf16), batch 16   [CUDA only]
+  tokenizer-tiny   the tokenizer of the tiny-cpu recipe with its prior (larp-tiny, gptc prior), batch 32;
+  generator-tiny   the generator of the ar-tiny-cpu recipe (dim 256, 4 layers, 32 tokens, vocab 256), batch 64;
+  tokenizer-larp-l the larp-l-long recipe (larp-l + gptc-s prior + discriminator, bf16), batch 16   [CUDA only]
   generator-LP     llama-abs-LP on UCF tokens (1024 tokens, vocab 8192, 101 classes), bf16 autocast, batch 8  [CUDA only]
 
 Each step is the project's own ``train_step`` (larp.training.tokenizer_trainer / generator_trainer), timed
@@ -39,10 +39,10 @@ from larp.training.recipe import GeneratorTrainConfig, TokenizerTrainConfig, loa
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
-    "tokenizer-tiny": {"kind": "tokenizer", "recipe": "configs/tiny-cpu.yaml", "overrides": ["batch_size=32"], "cuda_only": False},
-    "generator-tiny": {"kind": "generator", "recipe": "configs/ar-tiny-cpu.yaml", "overrides": ["batch_size=64"], "cuda_only": False},
-    "tokenizer-larp-l": {"kind": "tokenizer", "recipe": "configs/larp-l-long.yaml", "overrides": ["data.num_workers=0"], "cuda_only": True},
-    "generator-LP": {"kind": "generator", "recipe": "configs/ucf-ar.yaml", "overrides": ["data.num_workers=0"], "cuda_only": True},
+    "tokenizer-tiny": {"kind": "tokenizer", "recipe": "src/larp/recipes/tiny-cpu.yaml", "overrides": ["batch_size=32"], "cuda_only": False},
+    "generator-tiny": {"kind": "generator", "recipe": "src/larp/recipes/ar-tiny-cpu.yaml", "overrides": ["batch_size=64"], "cuda_only": False},
+    "tokenizer-larp-l": {"kind": "tokenizer", "recipe": "src/larp/recipes/larp-l-long.yaml", "overrides": ["data.num_workers=0"], "cuda_only": True},
+    "generator-LP": {"kind": "generator", "recipe": "src/larp/recipes/ucf-ar.yaml", "overrides": ["data.num_workers=0"], "cuda_only": True},
 }
 
 

@@ -1,7 +1,8 @@
 """Training recipes: one typed config for a whole run, read from YAML with dotted overrides.
 
 Two kinds: :class:`TokenizerTrainConfig` (``larp train-tokenizer``) and :class:`GeneratorTrainConfig`
-(``larp train-generator``). A recipe file holds literal values only. ``model_preset`` / ``prior_preset``
+(``larp train-generator``). A recipe file holds literal values only. The recipes shipped with the package
+(``larp/recipes/*.yaml``) are found by name with :func:`resolve_recipe`. ``model_preset`` / ``prior_preset``
 name an architecture; ``model:`` / ``prior_model:`` then override single fields of it. ``key=value`` overrides on the command line
 (``optim.lr=3e-4``, ``prior.enabled=false``) are parsed as YAML scalars and take precedence. Unknown keys
 and wrong types are errors. Every field that deviates from the released code's behaviour says so.
@@ -10,7 +11,9 @@ and wrong types are errors. Every field that deviates from the released code's b
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +24,29 @@ from larp.losses.gan import GANLossConfig
 from larp.models.generator import GENERATOR_PRESETS, GeneratorConfig
 from larp.models.prior import PRIOR_PRESETS, PriorConfig
 from larp.models.tokenizer import TOKENIZER_PRESETS, TokenizerConfig
+
+
+# Lower bounds shared by both kinds of recipe: the cadences are step intervals, and a run keeps at least the
+# checkpoint it has just written. Checked when the recipe is built, not steps into the run.
+_RUN_MINIMUMS = {"steps": 1, "batch_size": 1, "log_every": 1, "eval_every": 1, "sample_every": 1,
+                 "checkpoint_every": 1, "keep_checkpoints": 1}
+
+
+def _check_bounds(recipe, *, at_least: dict[str, float], fractions: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the first field (dotted key) below its lower bound or outside [0, 1]."""
+
+    def get(key: str):
+        value = recipe
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
+
+    for key, low in at_least.items():
+        if get(key) < low:
+            raise ValueError(f"{key} must be at least {low}, got {get(key)}")
+    for key in fractions:
+        if not 0 <= get(key) <= 1:
+            raise ValueError(f"{key} must be between 0 and 1, got {get(key)}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +79,7 @@ class PriorTrainConfig:
     # overwrote it with x1 before the first step (LARP.md B.4, G.2.1); set 1.0 to reproduce that.
     lr_mult: float = 50.0
     # Beyond the paper, for small runs: the prior pushes towards codebook collapse before the
-    # reconstruction has started (notes/small-scale-training.md). Its weight is 0 for `weight_delay`
+    # reconstruction has started (docs/small-scale-training.md). Its weight is 0 for `weight_delay`
     # steps, then ramps linearly to the full weight over `weight_ramp` steps. 0/0 = official.
     weight_delay: int = 0
     weight_ramp: int = 0
@@ -112,7 +138,7 @@ class TokenizerTrainConfig:
     steps: int = 1000
     batch_size: int = 16  # per process and micro-batch
     nested_dropout_prob: float = 0.0  # share of samples decoded from a random prefix (needs model.nested_dropout)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False
     seed: int = 0
     log_every: int = 10
@@ -123,6 +149,12 @@ class TokenizerTrainConfig:
     tensorboard: bool = False
 
     def __post_init__(self):
+        _check_bounds(self, at_least={
+            **_RUN_MINIMUMS, "optim.accumulation": 1, "prior.rounds": 1, "codebook.restart_every": 1,
+            "data.num_workers": 0, "data.synthetic_videos": 1, "data.val_videos": 1,
+            "optim.lr": 0, "optim.disc_lr": 0, "optim.warmup_steps": 0, "optim.grad_clip": 0, "optim.weight_decay": 0,
+            "loss.gan_start": 0, "codebook.continuous_warmup": 0, "prior.weight_delay": 0, "prior.weight_ramp": 0,
+        }, fractions=("nested_dropout_prob", "prior.ss_max_ratio", "prior.ss_peak_fraction"))
         if self.nested_dropout_prob > 0 and not self.model.nested_dropout:
             raise ValueError("nested_dropout_prob > 0 needs model.nested_dropout: true")
         if self.prior.enabled and self.prior_model.max_seq_len < self.model.num_tokens - 1:
@@ -131,8 +163,6 @@ class TokenizerTrainConfig:
             )
         if self.prior_model.code_dim != self.model.quantizer.code_dim:
             raise ValueError("prior_model.code_dim must equal model.quantizer.code_dim")
-        if min(self.steps, self.batch_size, self.optim.accumulation) < 1:
-            raise ValueError("steps, batch_size and optim.accumulation must be positive")
 
 
 # ------------------------------------------------------------------------------------------ generator
@@ -198,10 +228,12 @@ class GeneratorTrainConfig:
     def __post_init__(self):
         if not self.tokens.tokenizer:
             raise ValueError("tokens.tokenizer is required: the tokenizer folder or repo id whose tokens to model")
-        if min(self.steps, self.batch_size, self.optim.accumulation, self.tokens.clips_per_video) < 1:
-            raise ValueError("steps, batch_size, optim.accumulation and tokens.clips_per_video must be positive")
-        if self.condition_frames < 1:
-            raise ValueError("condition_frames must be at least 1")
+        _check_bounds(self, at_least={
+            **_RUN_MINIMUMS, "optim.accumulation": 1, "tokens.clips_per_video": 1, "tokens.encode_batch_size": 1,
+            "condition_frames": 1, "sampling.classes": 1, "sampling.per_class": 1,
+            "data.num_workers": 0, "data.synthetic_videos": 1, "data.val_videos": 1,
+            "optim.lr": 0, "optim.warmup_steps": 0, "optim.grad_clip": 0, "optim.weight_decay": 0,
+        }, fractions=())
 
 
 
@@ -281,3 +313,33 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), kind: type =
 
 def recipe_to_yaml(recipe) -> str:
     return yaml.safe_dump(config_to_dict(recipe), sort_keys=False)
+
+
+def _packaged_recipes() -> Path:
+    # a folder of the installed package (wheels install unzipped, editable installs point at src/)
+    return Path(str(resources.files("larp") / "recipes"))
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped with the package (``larp/recipes/NAME.yaml``)."""
+    return sorted(p.stem for p in _packaged_recipes().glob("*.yaml"))
+
+
+def resolve_recipe(name_or_path: str | os.PathLike) -> Path:
+    """The recipe file meant by ``name_or_path``: an existing file wins; otherwise a packaged recipe by
+    name, with or without ``.yaml`` (``tiny-cpu``, ``tiny-cpu.yaml``).
+
+    Raises:
+        FileNotFoundError: neither; the message lists the packaged recipes.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"recipe {path} is a folder; expected a YAML recipe file or a packaged recipe name")
+    if len(path.parts) == 1:
+        packaged = _packaged_recipes() / f"{path.name.removesuffix('.yaml')}.yaml"
+        if packaged.is_file():
+            return packaged
+    raise FileNotFoundError(f"no recipe file {str(path)!r} and no packaged recipe of that name; "
+                            f"packaged recipes: {', '.join(available_recipes())}")

@@ -1,8 +1,9 @@
-"""A run folder's bookkeeping, shared by the trainers: its recipe, its metrics log, resuming.
+"""A run folder's bookkeeping, shared by the trainers: its lock, its recipe, its metrics log, resuming.
 
-Layout: ``RUN/recipe.yaml`` (the resolved recipe the run was started with), ``RUN/metrics.jsonl``
-(one JSON line per logged step), ``RUN/checkpoints/`` (see :mod:`larp.training.checkpoint`), and
-whatever the trainer exports (``tokenizer/``, ``generator/``, ``samples/``).
+Layout: ``RUN/.lock`` (held by the training process, see :class:`larp.files.FolderLock`), ``RUN/recipe.yaml``
+(the resolved recipe the run was started with), ``RUN/metrics.jsonl`` (one JSON line per logged step),
+``RUN/checkpoints/`` (see :mod:`larp.training.checkpoint`), and whatever the trainer exports
+(``tokenizer/``, ``generator/``, ``samples/``).
 """
 
 from __future__ import annotations
@@ -10,34 +11,51 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
 from larp.config import config_to_dict
+from larp.files import FolderLock, append_jsonl, read_jsonl, write_text_atomic
+from larp.seeding import derive_seed
 from larp.training import checkpoint as ckpt
 from larp.training.distributed import DistInfo, gather_objects
 from larp.training.recipe import recipe_from_dict, recipe_to_yaml
 
 logger = logging.getLogger(__name__)
 
+RECIPE_NAME = "recipe.yaml"
+METRICS_NAME = "metrics.jsonl"
+
+# Recipe settings a run may be resumed with changed (dotted keys): they decide how data is loaded, what is
+# logged and how often checkpoints are written, never the weights. Every other setting must match the one
+# the run was started with. Not in the set, on purpose:
+# * eval_every, sample_every, data.val_*: validation iterates a DataLoader, which draws its base seed from
+#   the global torch generator, so moving an evaluation moves the random draws of every later step;
+# * steps: the learning-rate and scheduled-sampling schedules are functions of it;
+# * compile, precision: they change the numerics.
+# data.num_workers is safe because every sample's randomness comes from its own seed (larp.training.data).
+RESUME_IGNORED: frozenset[str] = frozenset(
+    {"data.num_workers", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints"}
+)
+
 
 class MetricsWriter:
     """metrics.jsonl, and TensorBoard scalars when the recipe asks for them (rank 0 only)."""
 
     def __init__(self, run_dir: Path, tensorboard: bool):
-        self.path = run_dir / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS_NAME
         self.board = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise ValueError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
-            self.board = SummaryWriter(run_dir / "tensorboard")
+            self.board = SummaryWriter(Path(run_dir) / "tensorboard")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+        append_jsonl(self.path, {"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
         if self.board is not None:
             for name, value in metrics.items():
                 self.board.add_scalar(name, value, step)
@@ -47,31 +65,95 @@ class MetricsWriter:
             self.board.close()
 
 
-def prepare_run_dir(run_dir: Path, recipe, resume: bool, info: DistInfo) -> None:
-    """Create ``run_dir`` and record the recipe; refuse to mix runs.
+def prepare_run_dir(run_dir: Path, recipe, resume: bool, info: DistInfo) -> FolderLock | None:
+    """Lock ``run_dir`` (main rank), check it against the recipe, and record the recipe.
 
-    Resuming needs the recipe the run was started with; starting fresh needs a folder without checkpoints.
+    Resuming needs the recipe the run was started with, up to the settings in :data:`RESUME_IGNORED`;
+    starting fresh needs a folder without checkpoints (a metrics log left by a run killed before its first
+    checkpoint is removed).
+
+    Returns:
+        The held lock on the main rank (release it when the run ends; the process's death releases it too),
+        None on the other ranks.
+
+    Raises:
+        larp.files.FolderLockedError: another live process trains in ``run_dir``.
+        ValueError: the folder holds another run, or its ``recipe.yaml`` is unreadable.
     """
-    saved = run_dir / "recipe.yaml"
-    if resume and saved.is_file():
-        previous = recipe_from_dict(yaml.safe_load(saved.read_text()), type(recipe))
-        if previous != recipe:
-            ours, theirs = config_to_dict(recipe), config_to_dict(previous)
-            changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-            raise ValueError(f"the recipe differs from the one {run_dir} was started with (sections {changed}); "
-                             f"resume with the same recipe, or start a new run directory")
-    elif not resume and ckpt.latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --run-dir")
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(recipe_to_yaml(recipe))
+    run_dir = Path(run_dir)
+    lock = FolderLock(run_dir, what="training run").acquire() if info.is_main else None
+    try:
+        saved = run_dir / RECIPE_NAME
+        has_checkpoints = bool(ckpt.checkpoint_folders(run_dir))
+        if resume and saved.is_file():
+            previous = read_run_recipe(saved, type(recipe))
+            changed = recipe_changes(previous, recipe)
+            refused = {k: v for k, v in changed.items() if k not in RESUME_IGNORED}
+            if refused:
+                raise ValueError(f"the recipe differs from the one {run_dir} was started with ({_listing(refused)}); "
+                                 f"resume with the same recipe, or start a new run directory")
+            if changed and info.is_main:
+                logger.info("resuming %s with changed settings that do not change results: %s", run_dir,
+                            _listing(changed))
+        elif not resume and has_checkpoints:
+            raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                             f"or choose another --run-dir")
+        if info.is_main:
+            write_text_atomic(saved, recipe_to_yaml(recipe))
+            if not has_checkpoints:  # nothing to resume: a log left by a killed run would mix with this one
+                (run_dir / METRICS_NAME).unlink(missing_ok=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return lock
+
+
+def read_run_recipe(path: Path, kind: type):
+    """The recipe of ``kind`` recorded in a run folder's ``recipe.yaml``; a clear error naming it if unreadable."""
+    fix = ("it records the recipe the run was started with: restore it, or delete it to resume with the "
+           "recipe given now (it must be the one the run was started with), or start a new run directory")
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path} cannot be read ({' '.join(str(error).split())}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is {'empty' if data is None else 'not a recipe mapping'}; {fix}")
+    try:
+        return recipe_from_dict(data, kind)
+    except ValueError as error:
+        raise ValueError(f"{path} does not hold a valid {kind.__name__} ({error}); {fix}") from None
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def recipe_changes(before, after) -> dict[str, tuple[Any, Any]]:
+    """The settings (dotted keys) that differ between two recipes of one kind: key -> (before, after)."""
+    old, new = _flatten(config_to_dict(before)), _flatten(config_to_dict(after))
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _listing(changes: dict[str, tuple[Any, Any]], most: int = 6) -> str:
+    shown = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changes.items())[:most])
+    return shown + (f" and {len(changes) - most} more" if len(changes) > most else "")
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint a run resumes from (they will be logged again)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Drop metric lines logged after the checkpoint a run resumes from (they will be logged again), and any
+    torn line (with a warning naming the file). The file is rewritten atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = [r for r in read_jsonl(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def save_run_checkpoint(run_dir: Path, step: int, weights: dict, extra: dict, info: DistInfo, keep: int) -> None:
@@ -88,4 +170,4 @@ def restore_rng(extra: dict, info: DistInfo) -> None:
     else:
         logger.warning("the run was saved with %d processes and resumes with %d: random streams restart",
                        len(extra["rng"]), info.world_size)
-        torch.manual_seed(int(extra["step"]) * 7919 + info.rank)
+        torch.manual_seed(derive_seed(int(extra["step"]), info.rank))
