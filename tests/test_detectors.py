@@ -11,15 +11,18 @@ from torch import nn
 
 from larp.evaluation import detectors
 from larp.evaluation.detectors import (
+    I3D_SHA256,
     I3D_URL,
     I3D_WEIGHTS_ENV,
     ClassifierDetector,
     I3DDetector,
+    UntrustedDetectorError,
     detector_features,
     load_detector,
     load_i3d,
     resolve_i3d_weights,
 )
+from larp.weights import DigestMismatchError
 from larp.evaluation.video_classifier import VideoClassifier, VideoClassifierConfig
 
 # The stand-in is built with torch.jit because the real I3D is a TorchScript file; torch's deprecation
@@ -71,8 +74,50 @@ def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.fixture
+def no_jit_load(monkeypatch):
+    """torch.jit.load fails the test if called: an untrusted file must be refused before it is loaded."""
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("torch.jit.load ran on a file that should have been refused")
+
+    monkeypatch.setattr(torch.jit, "load", forbidden)
+
+
+def test_unknown_torchscript_is_refused_before_loading(clean_env, standin_file, no_jit_load, monkeypatch):
+    digest = _sha256(standin_file)
+    # given as a path, through $LARP_I3D_WEIGHTS, and as the cache file: the same refusal, nothing loaded
+    with pytest.raises(UntrustedDetectorError) as raised:
+        load_i3d(standin_file)
+    message = str(raised.value)
+    assert str(standin_file) in message and digest in message and I3D_SHA256 in message
+    assert "--trust-detector" in message
+    with pytest.raises(UntrustedDetectorError, match=digest):
+        load_detector(str(standin_file))
+    monkeypatch.setenv(I3D_WEIGHTS_ENV, str(standin_file))
+    with pytest.raises(UntrustedDetectorError, match=digest):
+        load_detector("i3d")
+    monkeypatch.delenv(I3D_WEIGHTS_ENV)
+    cached = clean_env / "cache" / "i3d_torchscript.pt"
+    cached.parent.mkdir()
+    cached.write_bytes(standin_file.read_bytes())
+    with pytest.raises(UntrustedDetectorError, match=digest):
+        load_i3d()
+
+
+def test_trusted_or_pinned_files_load_and_say_which(clean_env, standin_file, monkeypatch):
+    trusted = load_i3d(standin_file, trust=True)
+    assert trusted.trusted_by_user
+    assert trusted.describe() == {"kind": "i3d", "name": f"i3d:{standin_file}", "sha256": _sha256(standin_file),
+                                  "pinned": False, "detector_trusted_by_user": True}
+    # a file with the pinned digest loads without the opt-in (the stand-in plays the pinned I3D here)
+    monkeypatch.setattr(detectors, "I3D_SHA256", _sha256(standin_file))
+    pinned = load_i3d(standin_file)
+    assert not pinned.trusted_by_user and pinned.describe()["pinned"] is True
+
+
 def test_i3d_from_path_converts_range_and_calls_with_official_kwargs(clean_env, standin_file):
-    detector = load_i3d(standin_file)
+    detector = load_i3d(standin_file, trust=True)
     assert isinstance(detector, I3DDetector)
     assert detector.sha256 == _sha256(standin_file)
     assert detector.feature_dim == 400 and detector.min_frames == 10
@@ -93,14 +138,14 @@ def test_i3d_from_path_converts_range_and_calls_with_official_kwargs(clean_env, 
 def test_i3d_from_env_var_and_cache(clean_env, standin_file, monkeypatch):
     monkeypatch.setenv(I3D_WEIGHTS_ENV, str(standin_file))
     assert resolve_i3d_weights() == standin_file
-    assert load_detector("i3d").sha256 == _sha256(standin_file)
+    assert load_detector("i3d", trust=True).sha256 == _sha256(standin_file)
     monkeypatch.delenv(I3D_WEIGHTS_ENV)
     cached = clean_env / "cache" / "i3d_torchscript.pt"
     cached.parent.mkdir()
     cached.write_bytes(standin_file.read_bytes())
     assert resolve_i3d_weights() == cached
     # A .pt path as a detector spec is an I3D-like TorchScript file.
-    assert isinstance(load_detector(str(standin_file)), I3DDetector)
+    assert isinstance(load_detector(str(standin_file), trust=True), I3DDetector)
 
 
 def test_missing_i3d_says_where_to_get_it(clean_env, monkeypatch):
@@ -115,24 +160,30 @@ def test_missing_i3d_says_where_to_get_it(clean_env, monkeypatch):
         resolve_i3d_weights()
 
 
-def test_download_is_atomic_and_checked(clean_env, standin_file, monkeypatch):
+def test_download_is_verified_against_the_pinned_digest(clean_env, standin_file, monkeypatch):
     # A file:// URL stands in for the network: the download path runs, nothing leaves the machine.
     monkeypatch.setattr(detectors, "I3D_URL", standin_file.as_uri())
+    # the stand-in is not the pinned I3D: a substituted download is refused and leaves nothing in the cache
+    with pytest.raises(DigestMismatchError, match=f"expected {I3D_SHA256}"):
+        resolve_i3d_weights(download=True)
+    assert list((clean_env / "cache").iterdir()) == []
+    # with the stand-in's digest pinned, the same download is kept
+    monkeypatch.setattr(detectors, "I3D_SHA256", _sha256(standin_file))
     path = resolve_i3d_weights(download=True)
     assert path == clean_env / "cache" / "i3d_torchscript.pt"
     assert _sha256(path) == _sha256(standin_file)
-    # An error page instead of the archive is refused and leaves no file behind.
-    path.unlink()
+    # an error page instead of the archive is refused the same way, and the good file stays
     page = clean_env / "page.html"
     page.write_text("<html>rate limited</html>")
     monkeypatch.setattr(detectors, "I3D_URL", page.as_uri())
-    with pytest.raises(RuntimeError, match="not return a TorchScript archive"):
-        resolve_i3d_weights(download=True)
-    assert list((clean_env / "cache").iterdir()) == []
+    with pytest.raises(DigestMismatchError):
+        detectors.download_i3d_weights()
+    assert [p.name for p in (clean_env / "cache").iterdir()] == ["i3d_torchscript.pt"]
+    assert _sha256(path) == _sha256(standin_file)
 
 
 def test_i3d_rejects_bad_input(clean_env, standin_file, tmp_path):
-    detector = load_i3d(standin_file)
+    detector = load_i3d(standin_file, trust=True)
     with pytest.raises(ValueError, match="at least 10 frames"):
         detector.features(torch.rand(1, 3, 9, 8, 8))
     with pytest.raises(ValueError, match=r"\(batch, 3, frames, height, width\)"):
@@ -143,8 +194,10 @@ def test_i3d_rejects_bad_input(clean_env, standin_file, tmp_path):
         detector.features(torch.zeros(1, 3, 12, 8, 8, dtype=torch.uint8))
     not_script = tmp_path / "junk.pt"
     not_script.write_bytes(b"not a torchscript file")
-    with pytest.raises(ValueError, match="not a loadable TorchScript"):
+    with pytest.raises(UntrustedDetectorError):
         load_i3d(not_script)
+    with pytest.raises(ValueError, match="not a loadable TorchScript"):
+        load_i3d(not_script, trust=True)
 
 
 def _tiny_classifier(seed: int = 0) -> VideoClassifier:

@@ -157,3 +157,23 @@ def test_errors():
         frechet_distance_from_stats(stats, FeatureStats.from_features(x[:1]))
     with pytest.raises(ValueError, match="square"):
         sqrtm_svd(torch.zeros(2, 3))
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A write cut short (a kill, a full disk) leaves the previous statistics, not a torn file."""
+    import safetensors.torch
+
+    path = tmp_path / "stats.safetensors"
+    old = FeatureStats.from_features(_features(20, 4, seed=10))
+    old.save(path)
+
+    def torn(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 10)
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", torn)
+    with pytest.raises(OSError, match="killed mid-write"):
+        FeatureStats.from_features(_features(30, 4, seed=11)).save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.safetensors"]
+    assert torch.equal(FeatureStats.load(path).outer_sum, old.outer_sum)

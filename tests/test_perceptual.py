@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from larp import weights
 from larp.cli import weights_commands
 from larp.losses import perceptual
 from larp.losses.perceptual import LPIPS, convert_lpips_weights, load_lpips, resolve_lpips_weights
@@ -175,8 +176,8 @@ def test_converted_file_layout(sources):
     with safe_open(str(sources["converted"]), framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["format"] == "larp-lpips-vgg16"
-    assert metadata["vgg16_sha256"] == perceptual.file_sha256(sources["vgg16"])
-    assert metadata["lpips_sha256"] == perceptual.file_sha256(sources["lpips"])
+    assert metadata["vgg16_sha256"] == weights.file_sha256(sources["vgg16"])
+    assert metadata["lpips_sha256"] == weights.file_sha256(sources["lpips"])
 
 
 def test_convert_rejects_missing_unexpected_and_misshapen_keys(tmp_path, sources):
@@ -222,7 +223,7 @@ def test_no_network_is_a_missing_weights_error(no_lookup, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(perceptual.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(weights.urllib.request, "urlopen", offline)
     with pytest.raises(FileNotFoundError, match="download failed.*no route to host.*larp weights lpips"):
         resolve_lpips_weights(download=True)
 
@@ -273,13 +274,13 @@ def test_download_verifies_pinned_digests_and_fills_cache(no_lookup, monkeypatch
         perceptual.VGG16_URL: sources["vgg16"].read_bytes(),
         perceptual.LPIPS_VGG_URL: sources["lpips"].read_bytes(),
     }
-    monkeypatch.setattr(perceptual.urllib.request, "urlopen", _serve(payload))
+    monkeypatch.setattr(weights.urllib.request, "urlopen", _serve(payload))
     # the stand-in files are not the real ones: their digests do not match the pinned ones
-    with pytest.raises(RuntimeError, match="expected a78928a0"):
+    with pytest.raises(weights.DigestMismatchError, match="expected a78928a0"):
         resolve_lpips_weights(download=True)
     assert not no_lookup.exists()
-    monkeypatch.setattr(perceptual, "VGG16_SHA256", perceptual.file_sha256(sources["vgg16"]))
-    monkeypatch.setattr(perceptual, "LPIPS_VGG_SHA256", perceptual.file_sha256(sources["lpips"]))
+    monkeypatch.setattr(perceptual, "VGG16_SHA256", weights.file_sha256(sources["vgg16"]))
+    monkeypatch.setattr(perceptual, "LPIPS_VGG_SHA256", weights.file_sha256(sources["lpips"]))
     assert resolve_lpips_weights(download=True) == no_lookup
     assert load_file(no_lookup).keys() == load_file(sources["converted"]).keys()
     assert [p.name for p in no_lookup.parent.iterdir()] == [no_lookup.name]  # no leftovers from the download
@@ -296,6 +297,10 @@ def test_cli_convert_and_where(no_lookup, sources, capsys):
     assert _cli(["weights", "where"]) == 0
     out = capsys.readouterr().out
     assert "LARP_LPIPS_WEIGHTS (unset)" in out and f"{no_lookup} (missing)" in out and perceptual.VGG16_URL in out
+    # the I3D's lookup too, through the same resolver, with its pinned digest
+    i3d_cache = no_lookup.parent / "i3d_torchscript.pt"
+    assert "LARP_I3D_WEIGHTS (unset)" in out and f"{i3d_cache} (missing)" in out
+    assert "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2" in out
 
     assert _cli(["weights", "lpips", "--vgg16", str(sources["vgg16"]), "--lpips", str(sources["lpips"])]) == 0
     assert str(no_lookup) in capsys.readouterr().out and no_lookup.is_file()
@@ -306,3 +311,5 @@ def test_cli_convert_and_where(no_lookup, sources, capsys):
     convert = ["weights", "lpips", "--vgg16", str(sources["vgg16"]), "--lpips", str(sources["lpips"])]
     assert _cli([*convert, "-o", str(other)]) == 0
     assert "LARP_LPIPS_WEIGHTS=" in capsys.readouterr().out and other.is_file()
+    third = no_lookup.parent / "third.safetensors"
+    assert _cli([*convert, "--output", str(third)]) == 0 and load_file(third).keys() == load_file(other).keys()

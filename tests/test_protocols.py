@@ -41,6 +41,9 @@ def test_resolve_protocol_records_overrides():
     assert same == PROTOCOLS["k600-fp"] and none == {}
     _, applied = resolve_protocol("k600-fp", {"fvd_size": None, "metrics": ["fvd", "psnr"]})
     assert applied == {"fvd_size": None, "metrics": ("fvd", "psnr")}
+    # precisions are larp.precision's names, "auto" included (resolved per device when the run starts)
+    _, applied = resolve_protocol("ucf-recon", {"precision": "auto", "generator_precision": "fp32"})
+    assert applied == {"precision": "auto", "generator_precision": "fp32"}
 
 
 def test_resolve_protocol_rejects_bad_input():

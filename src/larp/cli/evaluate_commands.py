@@ -8,12 +8,12 @@ started again with the same settings.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 
+from larp.cli.arguments import add_device_option, add_set_option, nonnegative_int, positive_int
 from larp.training.recipe import parse_scalar
 
 logger = logging.getLogger(__name__)
@@ -38,16 +38,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--generator", help="generator folder or repo id (generation and prediction)")
     evaluate.add_argument("--detector", help="'i3d', an I3D TorchScript .pt, a VideoClassifier folder, 'synthetic', "
                           "or 'none' to skip the FVD (default: the protocol's)")
+    evaluate.add_argument("--trust-detector", action="store_true",
+                          help="load a TorchScript detector file that is not the pinned StyleGAN-V I3D (loading one "
+                          "runs its code: only for files you made or checked); the result records "
+                          "detector_trusted_by_user with the file's sha256")
     evaluate.add_argument("--lpips-weights", help="LPIPS weight file (default: $LARP_LPIPS_WEIGHTS or the cache)")
     evaluate.add_argument("--no-lpips", action="store_true", help="skip LPIPS even when the protocol reports it")
-    evaluate.add_argument("--num-samples", type=int, help="override the protocol's number of clips")
-    evaluate.add_argument("--seed", type=int, help="override the protocol's seed")
-    evaluate.add_argument("--batch-size", type=int, help="override the protocol's batch size")
-    evaluate.add_argument("--set", dest="settings", action="append", default=[], metavar="FIELD=VALUE",
-                          help="override any other protocol field, e.g. --set cfg_scale=1.5 (repeatable)")
-    evaluate.add_argument("-o", "--out", help="result JSON (default eval/<protocol>-<task>.json)")
-    evaluate.add_argument("--work-dir", help="partial statistics for resuming (default: next to --out)")
-    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    evaluate.add_argument("--num-samples", type=positive_int, help="override the protocol's number of clips")
+    evaluate.add_argument("--seed", type=nonnegative_int, help="override the protocol's seed")
+    evaluate.add_argument("--batch-size", type=positive_int, help="override the protocol's batch size")
+    # precision is a protocol field (precision, generator_precision), overridden here like any other
+    add_set_option(evaluate, "protocol", "cfg_scale=1.5 precision=bf16")
+    evaluate.add_argument("-o", "--output", metavar="FILE",
+                          help="the result record, JSON (default eval/<protocol>-<task>.json)")
+    evaluate.add_argument("--work-dir", help="partial statistics for resuming (default: FILE.partial beside --output)")
+    add_device_option(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
 
@@ -55,7 +60,7 @@ def protocol_overrides(args: argparse.Namespace) -> dict:
     overrides = {}
     for item in args.settings:
         if "=" not in item:
-            raise ValueError(f"--set {item!r} is not of the form FIELD=VALUE")
+            raise ValueError(f"--set {item!r} is not of the form KEY=VALUE (a protocol field and its value)")
         key, raw = item.split("=", 1)
         overrides[key.strip()] = parse_scalar(raw)
     for name in ("num_samples", "seed", "batch_size"):
@@ -69,7 +74,8 @@ def protocol_overrides(args: argparse.Namespace) -> dict:
 def run_evaluate(args: argparse.Namespace) -> int:
     from larp.cli.tokenizer_commands import load_tokenizer
     from larp.evaluation.protocols import resolve_protocol
-    from larp.evaluation.runner import ClipSource, Models, evaluate, resolve_detector, summary_line
+    from larp.evaluation.runner import ClipSource, Models, evaluate, resolve_detector, resolve_precisions, summary_line
+    from larp.files import write_json_atomic
     from larp.training import distributed as dist
 
     name = args.protocol or DEFAULT_PROTOCOL[args.task]
@@ -85,12 +91,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     info = dist.init_distributed(args.device)
     try:
         progress = not args.quiet and info.is_main
-        tokenizer = load_tokenizer(args.tokenizer, str(info.device), "fp32")
+        resolve_precisions(args.task, protocol, info.device)  # a precision this device cannot run fails first
+        tokenizer = load_tokenizer(args.tokenizer, str(info.device), protocol.precision)
         _check_tokenizer(tokenizer, protocol)
         models = Models(tokenizer=tokenizer, generator=_load_generator(args, tokenizer, info.device))
         if args.detector != "none":
             try:
-                models.detector = resolve_detector(protocol.detector, protocol, info.device, progress)
+                models.detector = resolve_detector(protocol.detector, protocol, info.device, progress,
+                                                   trust=args.trust_detector)
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"{error} -- or pass --detector none to skip the FVD") from None
         if "lpips" in protocol.metrics and args.task == "reconstruction" and not args.no_lpips:
@@ -101,16 +109,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"{error} -- or pass --no-lpips to skip LPIPS") from None
         source = ClipSource(data, protocol, root=args.root, progress=progress)
-        out = Path(args.out or Path("eval") / f"{protocol.name}-{args.task}.json")
-        sources = {"data": data, "tokenizer": args.tokenizer, "generator": args.generator, "lpips": models.lpips is not None}
-        # sums over processes (on the device: NCCL reduces CUDA tensors only)
-        reduce_sum = (lambda t: dist.all_reduce_sum(t.to(info.device), info).cpu()) if info.enabled else None
+        out = Path(args.output or Path("eval") / f"{protocol.name}-{args.task}.json")
+        sources = {"data": data, "tokenizer": args.tokenizer, "generator": args.generator,
+                   "lpips": models.lpips is not None}
         record = evaluate(args.task, protocol, models, source, overrides=applied, sources=sources,
-                          work_dir=args.work_dir or out.with_suffix(".partial"), info=info, progress=progress,
-                          reduce_sum=reduce_sum)
+                          work_dir=args.work_dir or out.with_suffix(".partial"), info=info, progress=progress)
         if record is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(record, indent=2) + "\n")
+            write_json_atomic(out, record)
             print(summary_line(record))
             print(f"recorded in {out}")
         dist.barrier(info)
@@ -124,7 +129,7 @@ def _check_tokenizer(tokenizer, protocol) -> None:
     if config.input_size != protocol.size:
         raise ValueError(f"the tokenizer takes {config.input_size}x{config.input_size} clips but protocol "
                          f"{protocol.name} scores {protocol.size}x{protocol.size}: pass --set size={config.input_size}")
-    tokenizer._check_num_frames(protocol.frames)
+    tokenizer.check_num_frames(protocol.frames)
 
 
 def _load_generator(args: argparse.Namespace, tokenizer, device: torch.device):

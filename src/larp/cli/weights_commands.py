@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 
+from larp import weights
+from larp.evaluation import detectors
 from larp.losses import perceptual
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    weights = commands.add_parser(
+    parser = commands.add_parser(
         "weights",
         help="convert pretrained feature-network weights (LPIPS) and show where they are looked for",
-        description="Weights of the pretrained feature networks (LPIPS-VGG16) are never bundled: they come from "
-        f"a path, an environment variable ({perceptual.WEIGHTS_ENV}) or the cache, or are downloaded with a pinned "
-        "sha256 when a network exists. These commands convert the original files offline and show the lookup.",
+        description="Weights of the pretrained feature networks (LPIPS-VGG16, the FVD's I3D) are never bundled: they "
+        f"come from a path, an environment variable ({perceptual.WEIGHTS_ENV}, {detectors.I3D_WEIGHTS_ENV}) or the "
+        "cache, or are downloaded and checked against a pinned sha256 when a network exists. These commands "
+        "convert the original LPIPS files offline and show the lookup.",
     )
-    what = weights.add_subparsers(dest="weights_command", metavar="WHAT", required=True)
+    what = parser.add_subparsers(dest="weights_command", metavar="WHAT", required=True)
 
     lpips = what.add_parser(
         "lpips",
@@ -29,9 +32,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     lpips.add_argument(
         "-o",
-        "--out",
+        "--output",
         default=None,
-        metavar="OUT",
+        metavar="FILE",
         help=f"output file (default: the cache, {perceptual.lpips_cache_path()})",
     )
     lpips.set_defaults(run=run_convert_lpips)
@@ -41,23 +44,30 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_convert_lpips(args: argparse.Namespace) -> int:
-    out = perceptual.convert_lpips_weights(args.vgg16, args.lpips, args.out)
+    out = perceptual.convert_lpips_weights(args.vgg16, args.lpips, args.output)
     print(f"wrote {out}")
-    if args.out is not None and os.path.abspath(out) != os.path.abspath(perceptual.lpips_cache_path()):
+    if args.output is not None and os.path.abspath(out) != os.path.abspath(perceptual.lpips_cache_path()):
         print(f"not the cache file: pass this path to load_lpips, or set {perceptual.WEIGHTS_ENV}={out}")
     return 0
 
 
-def run_where(args: argparse.Namespace) -> int:
-    print("LPIPS-VGG16 (lpips_vgg16.safetensors), looked for in this order:")
-    print("  1. a path given in code (load_lpips(path))")
-    for number, (label, path, present) in enumerate(perceptual.lpips_weight_locations(), start=2):
+def _print_lookup(spec: weights.WeightFile, in_code: str) -> None:
+    print(f"{spec.what}, looked for in this order:")
+    print(f"  1. a path given {in_code}")
+    for number, (label, path, present) in enumerate(spec.locations(), start=2):
         state = "present" if present else "missing"
         print(f"  {number}. {label}" + (f": {path} ({state})" if path is not None else ""))
-    offline = os.environ.get(perceptual.OFFLINE_ENV, "") not in ("", "0")
-    note = f"; off: {perceptual.OFFLINE_ENV} is set" if offline else ""
+
+
+def run_where(args: argparse.Namespace) -> int:
+    note = f"; off: {weights.OFFLINE_ENV} is set" if weights.offline() else ""
+    _print_lookup(perceptual.LPIPS_WEIGHTS, "in code (load_lpips(path)) or by --lpips-weights")
     print(f"  4. download with pinned sha256, then convert into the cache (needs a network{note}):")
     print(f"     {perceptual.VGG16_URL}  sha256 {perceptual.VGG16_SHA256}")
     print(f"     {perceptual.LPIPS_VGG_URL}  sha256 {perceptual.LPIPS_VGG_SHA256}")
     print(f"  offline: download both elsewhere, then `{perceptual.convert_command()}`")
+    _print_lookup(detectors.I3D_WEIGHTS, "in code (load_i3d(path)) or by --detector FILE.pt")
+    print(f"  4. download with pinned sha256 into the cache (needs a network{note}):")
+    print(f"     {detectors.I3D_URL}  sha256 {detectors.I3D_SHA256}")
+    print("  a file with another sha256 is loaded only with --trust-detector (loading TorchScript runs its code)")
     return 0

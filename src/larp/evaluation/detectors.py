@@ -2,7 +2,7 @@
 
 Every detector takes videos (b, 3, t, h, w) float in [0, 1], does its own range conversion and resizing,
 and returns (b, feature_dim) float64 features on the CPU, ready for :class:`larp.evaluation.fvd.FeatureStats`.
-Each has a ``name`` and a ``sha256`` that identify it exactly; record both (``metadata()``) with every result,
+Each has a ``name`` and a ``sha256`` that identify it exactly; record both (``describe()``) with every result,
 because an FVD is only comparable to another FVD computed with the same detector.
 
 * :class:`I3DDetector`: the StyleGAN-V TorchScript I3D (``i3d_torchscript.pt``, Kinetics-400), the detector
@@ -12,17 +12,15 @@ because an FVD is only comparable to another FVD computed with the same detector
 * :class:`ClassifierDetector`: the small :class:`~larp.evaluation.video_classifier.VideoClassifier`, the
   detector for data without I3D weights (the synthetic set); it also predicts classes for class accuracy.
 
-Where the I3D file is found (:func:`resolve_i3d_weights`), in order:
+Where the I3D file is found (:func:`resolve_i3d_weights`, the library's one resolver :mod:`larp.weights`):
+the path given, then ``$LARP_I3D_WEIGHTS``, then ``<cache>/i3d_torchscript.pt``, then (unless ``LARP_OFFLINE``
+is set) a download from the URL StyleGAN-V uses, verified against the pinned sha256 before it is kept.
 
-1. the path given to ``load_i3d(path)``;
-2. the environment variable ``LARP_I3D_WEIGHTS``;
-3. the cache file ``<cache>/i3d_torchscript.pt``, ``<cache>`` as in :func:`larp.losses.perceptual.cache_dir`;
-4. when ``LARP_OFFLINE`` is not set, a download from the URL StyleGAN-V uses (:data:`I3D_URL`), written
-   atomically to the cache.
-
-No sha256 of the I3D file is pinned here: no published digest could be checked offline, and a made-up one
-would be worse than none. Instead the digest of the file actually used is computed, logged and recorded
-with every result (``I3DDetector.sha256``), so two results can be checked for having used the same file.
+Loading a TorchScript file runs the code it contains, so :func:`load_i3d` checks the file's sha256 *before*
+``torch.jit.load``: the pinned StyleGAN-V I3D (:data:`I3D_SHA256`) loads; any other ``.pt`` (a stand-in, a
+re-export, a file of unknown origin) is refused unless the user trusts it explicitly (``trust=True``,
+``larp evaluate --trust-detector``), and every result made with it records ``detector_trusted_by_user``
+together with the file's sha256.
 """
 
 from __future__ import annotations
@@ -31,23 +29,26 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from larp.config import config_to_dict
 from larp.evaluation.video_classifier import VideoClassifier
-from larp.losses.perceptual import OFFLINE_ENV, cache_dir, file_sha256
 from larp.models.layers import check_unit_range
+from larp.weights import WeightFile, file_sha256
+from larp.weights import download as download_verified
+from larp.weights import resolve as resolve_weights
 
 __all__ = [
     "I3D_URL",
+    "I3D_SHA256",
+    "I3D_WEIGHTS",
+    "UntrustedDetectorError",
     "I3D_WEIGHTS_ENV",
     "I3D_FILE_NAME",
     "I3D_FEATURE_DIM",
@@ -71,6 +72,12 @@ I3D_FILE_NAME = "i3d_torchscript.pt"
 # The URL StyleGAN-V's FVD metric downloads the detector from (metrics/frechet_video_distance.py); the
 # same file is checked into the official LARP repo as utils/fvd/i3d_torchscript.pt (LARP.md E.1).
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1"
+# The sha256 and size of that file. Not measured here (no network): it is the digest pinned, all agreeing, by
+# several independent public projects that check the StyleGAN-V i3d_torchscript.pt before loading it (FVD
+# evaluation scripts and download scripts fetching it from the Dropbox URL above or a Hugging Face mirror,
+# each listing 51,235,320 bytes). A file with any other digest is not loaded without an explicit opt-in.
+I3D_SHA256 = "bec6519f66ea534e953026b4ae2c65553c17bf105611c746d904657e5860a5e2"
+I3D_SIZE = 51_235_320
 I3D_FEATURE_DIM = 400  # the Kinetics-400 logits, taken before the softmax
 # The I3D's temporal pooling needs about 10 frames; the official trainer checks T >= 10 (the rFVD
 # evaluator even T >= 12), and shorter clips fail deep inside the TorchScript with an opaque error.
@@ -88,16 +95,21 @@ class FeatureDetector(nn.Module):
     input, runs ``_extract`` without gradients and checks its output.
 
     Attributes:
+        kind: the family, e.g. ``"i3d"`` or ``"video-classifier"``.
         name: what the detector is, e.g. ``"i3d:/path/i3d_torchscript.pt"``.
         sha256: hex digest identifying the exact weights (of the file, or of the state dict).
         feature_dim: width d of the features.
         min_frames: the fewest frames a clip may have.
+        provenance: how this detector came to be, for the result record (who built it: e.g.
+            ``{"trained_now": True, "path": ...}`` for a detector trained by this run).
     """
 
+    kind: str
     name: str
     sha256: str
     feature_dim: int
     min_frames: int
+    provenance: dict[str, Any]
 
     def train(self, mode: bool = True) -> FeatureDetector:
         """Stay in eval mode whatever a parent module asks: a detector is a fixed measuring instrument."""
@@ -169,6 +181,10 @@ class FeatureDetector(nn.Module):
             "detector_min_frames": str(self.min_frames),
         }
 
+    def describe(self) -> dict[str, Any]:
+        """What a result record says about the detector: kind, name, sha256 and its provenance."""
+        return {"kind": self.kind, "name": self.name, "sha256": self.sha256, **self.provenance}
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, sha256={self.sha256[:12]}..., feature_dim={self.feature_dim}"
 
@@ -206,12 +222,19 @@ class I3DDetector(FeatureDetector):
                 raise ValueError("I3DDetector needs the weight file's path or its sha256 to identify the detector")
             sha256 = file_sha256(path)
         self.module = module
+        self.kind = "i3d"
         self.path = Path(path) if path is not None else None
         self.name = f"i3d:{self.path}" if self.path is not None else "i3d:in-memory"
         self.sha256 = sha256
         self.feature_dim = int(feature_dim)
         self.min_frames = int(min_frames)
+        self.provenance = {}
         self.eval()
+
+    @property
+    def trusted_by_user(self) -> bool:
+        """Whether the file is not the pinned I3D and was loaded only because the user trusted it."""
+        return bool(self.provenance.get("detector_trusted_by_user", False))
 
     def _extract(self, video: torch.Tensor) -> torch.Tensor:
         # float32 whatever the caller's precision: the TorchScript's weights are float32 and it does not
@@ -220,106 +243,67 @@ class I3DDetector(FeatureDetector):
         return self.module(x, **I3D_CALL_KWARGS)
 
 
+I3D_WEIGHTS = WeightFile(
+    what=f"I3D weights ({I3D_FILE_NAME})",
+    env=I3D_WEIGHTS_ENV,
+    file_name=I3D_FILE_NAME,
+    how_to_get=(
+        f"To get them, download {I3D_URL} (the StyleGAN-V TorchScript I3D, {I3D_SIZE:,} bytes, sha256 "
+        f"{I3D_SHA256}; the official LARP repo also ships it as utils/fvd/{I3D_FILE_NAME}) on a machine with "
+        "a network."
+    ),
+)
+
+
 def i3d_cache_path() -> Path:
-    """Where a downloaded I3D is kept: ``cache_dir() / "i3d_torchscript.pt"``."""
-    return cache_dir() / I3D_FILE_NAME
-
-
-def _missing_message(tried: list[str], reason: str) -> str:
-    return (
-        f"I3D weights ({I3D_FILE_NAME}) not found ({reason}); looked in: {'; '.join(tried)}. "
-        f"To get them, download {I3D_URL} (the StyleGAN-V TorchScript I3D; the official LARP repo also ships "
-        f"it as utils/fvd/{I3D_FILE_NAME}) on a machine with a network, and either put it at "
-        f"{i3d_cache_path()} or point {I3D_WEIGHTS_ENV} at it."
-    )
-
-
-def _offline() -> bool:
-    return os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+    """Where a downloaded I3D is kept: ``larp.weights.cache_dir() / "i3d_torchscript.pt"``."""
+    return I3D_WEIGHTS.cache_path()
 
 
 def resolve_i3d_weights(path: str | os.PathLike | None = None, *, download: bool | None = None) -> Path:
-    """Find the I3D TorchScript file: explicit path, then ``$LARP_I3D_WEIGHTS``, then the cache, then download.
+    """Find the I3D TorchScript file as :func:`larp.weights.resolve` describes (explicit path, then
+    ``$LARP_I3D_WEIGHTS``, then the cache, then a download checked against :data:`I3D_SHA256`).
+
+    Finding a file does not make it safe to load: :func:`load_i3d` checks its digest first.
 
     Args:
         path: explicit file; when given it must exist (no fallback, so a typo is not hidden).
         download: allow fetching :data:`I3D_URL` when nothing is found locally. ``None`` (default) means
             yes unless the environment variable ``LARP_OFFLINE`` is set to a non-empty value other than ``0``.
 
-    Returns:
-        Path of the TorchScript file.
-
     Raises:
         FileNotFoundError: no file was found and none could be downloaded; the message says where it
             looked, the URL to get the file from, and where to put it.
-        RuntimeError: the download was not a TorchScript archive (nothing is written to the cache).
+        larp.weights.DigestMismatchError: the download is not the pinned file (nothing is written).
     """
-    if path is not None:
-        explicit = Path(path).expanduser()
-        if not explicit.is_file():
-            raise FileNotFoundError(_missing_message([str(explicit)], "the given path is not a file"))
-        return explicit
-    env_value = os.environ.get(I3D_WEIGHTS_ENV)
-    if env_value:
-        from_env = Path(env_value).expanduser()
-        if not from_env.is_file():
-            raise FileNotFoundError(
-                _missing_message([f"${I3D_WEIGHTS_ENV}={from_env}"], f"${I3D_WEIGHTS_ENV} is set but is not a file")
-            )
-        return from_env
-    tried = [f"${I3D_WEIGHTS_ENV} (unset)"]
-    cached = i3d_cache_path()
-    if cached.is_file():
-        return cached
-    tried.append(str(cached))
-    if download is None:
-        download = not _offline()
-    if not download:
-        raise FileNotFoundError(_missing_message(tried, f"downloading is off: download=False or ${OFFLINE_ENV} set"))
-    try:
-        return download_i3d_weights(cached)
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        raise FileNotFoundError(_missing_message(tried, f"download failed: {error}")) from error
+    return resolve_weights(I3D_WEIGHTS, path, fetch=download_i3d_weights, download=download)
 
 
 def download_i3d_weights(out_path: str | os.PathLike | None = None, *, timeout: float = 60.0) -> Path:
-    """Download :data:`I3D_URL` to ``out_path`` (default the cache file), atomically.
+    """Download :data:`I3D_URL` to ``out_path`` (default the cache file), verified against :data:`I3D_SHA256`.
 
-    The file is streamed to a temporary name in the target folder and renamed only once complete and
-    recognised as a TorchScript archive (a zip file), so a failed or half download, or an HTML error page,
-    never lands in the cache. Its sha256 is logged; there is no pinned digest to check it against.
-
-    Returns:
-        The path written.
+    Streamed to a temporary file beside the target and renamed only once complete with the pinned digest,
+    so a cut download, an HTML error page or a substituted file never lands in the cache.
 
     Raises:
         urllib.error.URLError, TimeoutError, ConnectionError: no network.
-        RuntimeError: the response is not a TorchScript archive.
+        larp.weights.DigestMismatchError: the download is not the pinned file.
     """
     out = Path(out_path).expanduser() if out_path is not None else i3d_cache_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading %s", I3D_URL)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as handle, urllib.request.urlopen(I3D_URL, timeout=timeout) as response:
-            head = b""
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                if len(head) < 4:
-                    head += chunk[:4]
-                digest.update(chunk)
-                handle.write(chunk)
-        # torch.jit.save writes a zip archive; anything else (e.g. a file host's HTML page) is not the I3D.
-        if not head.startswith(b"PK\x03\x04"):
-            raise RuntimeError(
-                f"{I3D_URL} did not return a TorchScript archive (starts with {head[:4]!r}); not using it"
-            )
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    logger.info("wrote I3D weights to %s (sha256 %s)", out, digest.hexdigest())
-    return out
+    return download_verified(I3D_URL, out, sha256=I3D_SHA256, timeout=timeout)
+
+
+class UntrustedDetectorError(ValueError):
+    """A TorchScript detector file that is not the pinned I3D, and that the user did not choose to trust."""
+
+
+def _untrusted_message(path: Path, sha256: str) -> str:
+    return (
+        f"refusing to load '{path}': its sha256 {sha256} is not the pinned StyleGAN-V {I3D_FILE_NAME} "
+        f"({I3D_SHA256}), and loading a TorchScript file runs the code inside it. If you made or checked this "
+        "file yourself, pass --trust-detector (trust=True in Python); the result then records "
+        "detector_trusted_by_user with this digest"
+    )
 
 
 def load_i3d(
@@ -327,19 +311,33 @@ def load_i3d(
     device: torch.device | str = "cpu",
     *,
     download: bool | None = None,
+    trust: bool = False,
 ) -> I3DDetector:
     """The TorchScript I3D as a :class:`I3DDetector`, frozen and in eval mode.
+
+    ``torch.jit.load`` executes the code a TorchScript archive contains, so the file's sha256 is checked
+    before it is loaded: the pinned StyleGAN-V I3D (:data:`I3D_SHA256`) loads; any other file is refused
+    unless ``trust`` is given, and then the detector says so (``trusted_by_user``), for the result record.
 
     Args:
         path: the ``.pt`` file; when None it is found as :func:`resolve_i3d_weights` describes.
         device: where to load it (``torch.jit.load(..., map_location=device)``).
         download: see :func:`resolve_i3d_weights`.
+        trust: load a file that is not the pinned I3D (a stand-in, a re-export); the user vouches for it.
 
     Raises:
         FileNotFoundError: no weights (the message says how to get them).
+        UntrustedDetectorError: the file is not the pinned I3D and ``trust`` is False (nothing was loaded).
         ValueError: the file is not a loadable TorchScript module.
     """
     weights = resolve_i3d_weights(path, download=download)
+    sha256 = file_sha256(weights)
+    known = sha256 == I3D_SHA256
+    if not known and not trust:
+        raise UntrustedDetectorError(_untrusted_message(weights, sha256))
+    if not known:
+        logger.warning("loading the untrusted detector file %s (sha256 %s) because it was trusted explicitly",
+                       weights, sha256)
     try:
         with warnings.catch_warnings():
             # torch warns that TorchScript is deprecated; the published I3D exists only in that format.
@@ -350,8 +348,9 @@ def load_i3d(
             f"'{weights}' is not a loadable TorchScript module (expected the StyleGAN-V {I3D_FILE_NAME}): {error}"
         ) from error
     module.eval()
-    detector = I3DDetector(module, path=weights)
-    logger.info("I3D detector %s, sha256 %s", weights, detector.sha256)
+    detector = I3DDetector(module, path=weights, sha256=sha256)
+    detector.provenance = {"pinned": known, "detector_trusted_by_user": not known}
+    logger.info("I3D detector %s, sha256 %s%s", weights, sha256, "" if known else " (trusted by the user)")
     return detector
 
 
@@ -386,7 +385,9 @@ class ClassifierDetector(FeatureDetector):
         if not isinstance(classifier, VideoClassifier):
             raise ValueError(f"ClassifierDetector wraps a VideoClassifier, got {type(classifier).__name__}")
         self.classifier = classifier
+        self.kind = "video-classifier"
         self.name = f"video-classifier:{source if source is not None else 'in-memory'}"
+        self.provenance = {}
         # The config goes into the digest too: norm_groups changes the function without changing any
         # tensor's shape.
         config = json.dumps(config_to_dict(classifier.config), sort_keys=True)
@@ -419,29 +420,33 @@ class ClassifierDetector(FeatureDetector):
 
 
 # ------------------------------------------------------------------------------------------- dispatch
-def load_detector(spec: str | os.PathLike, device: torch.device | str = "cpu") -> FeatureDetector:
+def load_detector(
+    spec: str | os.PathLike, device: torch.device | str = "cpu", *, trust: bool = False
+) -> FeatureDetector:
     """A detector from a short description.
 
     Args:
         spec: ``"i3d"`` (the I3D, found as :func:`resolve_i3d_weights` describes); a path to a ``.pt``
             TorchScript file with the I3D's call signature; or a folder written by
-            ``VideoClassifier.save_pretrained``.
+            ``VideoClassifier.save_pretrained`` (safetensors: loading it runs no code).
         device: where to put it.
+        trust: load a TorchScript file that is not the pinned I3D (see :func:`load_i3d`).
 
     Raises:
         FileNotFoundError: the file or folder does not exist, or the I3D weights are missing.
+        UntrustedDetectorError: a TorchScript file that is not the pinned I3D, without ``trust``.
         ValueError: ``spec`` is an existing file that is not a ``.pt`` file, or the file/folder does not hold
             what it should.
     """
     if str(spec) == "i3d":
-        return load_i3d(None, device)
+        return load_i3d(None, device, trust=trust)
     path = Path(spec).expanduser()
     if path.is_dir():
         # Local folders only (VideoClassifier.from_pretrained would also try the HF hub for a bare name).
         classifier = VideoClassifier.from_pretrained(path, device=device)
         return ClassifierDetector(classifier, source=path)
     if path.suffix == ".pt":
-        return load_i3d(path, device)
+        return load_i3d(path, device, trust=trust)
     expected = "'i3d', a TorchScript .pt file, or a folder saved by VideoClassifier.save_pretrained"
     if path.is_file():
         raise ValueError(f"detector '{spec}' is a file without the .pt suffix; expected {expected}")

@@ -21,6 +21,8 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from larp.files import write_atomic
+
 __all__ = [
     "FeatureStats",
     "all_reduce",
@@ -167,14 +169,14 @@ class FeatureStats:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write as safetensors; metadata (strings) goes into the safetensors header."""
+        """Write as safetensors, atomically (a kill mid-write leaves the previous file, never a torn one);
+        metadata (strings) goes into the safetensors header."""
         from safetensors.torch import save_file
 
         state = {k: v.contiguous() for k, v in self.state_dict().items()}
         metadata = dict(self.metadata)
         metadata["larp.feature_stats"] = "1"
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(path), metadata=metadata)
+        write_atomic(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureStats":

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from larp.config import config_from_dict, config_to_dict
+from larp.precision import PRECISIONS
 
 __all__ = [
     "EvalProtocol",
@@ -51,11 +52,11 @@ T = TypeVar("T")
 
 Task = Literal["reconstruction", "generation", "prediction"]
 ClipSelection = Literal["one-per-video", "all-chunks"]
-Precision = Literal["fp16", "bf16", "fp32"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # = larp.precision.PRECISIONS, resolved per device there
 
 _TASKS = ("reconstruction", "generation", "prediction")
 _CLIP_SELECTIONS = ("one-per-video", "all-chunks")
-_PRECISIONS = ("fp16", "bf16", "fp32")
+_PRECISIONS = PRECISIONS
 _I3D_MIN_FRAMES = 10  # = detectors.I3D_MIN_FRAMES; copied so protocols need not import the model code
 
 
@@ -76,7 +77,8 @@ class EvalProtocol:
     num_samples: int | None = None  # clips scored; None = every candidate clip
     seed: int = 42  # seeds the clip choice (select_clips); the official choice of 10k/50k clips uses 42
     batch_size: int = 32  # clips per step (results do not depend on it, up to floating point)
-    # Tokenizer: autocast precision of encode/decode, and whether scored clips are encoded with argmax VQ.
+    # Tokenizer: autocast precision of encode/decode (resolved by larp.precision: fp16 needs CUDA, auto is bf16
+    # on CUDA and fp32 elsewhere), and whether scored clips are encoded with argmax VQ.
     precision: Precision = "fp16"
     deterministic_tokens: bool = True  # reconstruction: encode with argmax VQ (the official --det)
     # Generator (generation and prediction tasks).

@@ -1,270 +1,186 @@
 """Running an evaluation protocol: clips -> tokenizer (and generator) -> metrics and Fréchet distances.
 
-``evaluate(task, protocol, sources, ...)`` scores the clips :func:`~larp.evaluation.protocols.select_clips`
-chooses. They are cut into fixed batches, numbered once for all processes; process ``r`` of ``w`` takes
-batches ``r, r + w, ...``, and every random draw of batch ``k`` comes from a generator seeded by
-``(protocol.seed, k)``. So a run's samples do not depend on the number of processes, and the reduced
-statistics equal a single-process run (up to float64 summation order).
+``evaluate(task, protocol, models, source, ...)`` scores the clips a :class:`ClipSource` selects. The parts,
+one job each:
 
-Long runs are resumable: each process saves its partial statistics every few batches under ``work_dir``
-and skips the batches it has finished when started again with the same settings (and process count).
+* :mod:`larp.evaluation.clips`: the clips, cut into fixed batches numbered once for all processes; process
+  ``r`` of ``w`` takes batches ``r, r + w, ...`` (:func:`~larp.evaluation.protocols.shard`), and every random
+  draw of batch ``k`` comes from a generator seeded by ``derive_seed(protocol.seed, k)``. So a run's samples do
+  not depend on the number of processes, and the reduced statistics equal a single-process run (up to
+  float64 summation order).
+* :mod:`larp.evaluation.tasks`: what one batch of reconstruction, generation or prediction computes.
+* :mod:`larp.evaluation.accumulate`: the running sums, saved atomically every few batches under
+  ``work_dir`` so a stopped run resumes (same settings and process count), and reduced over processes.
+* this module: the detector, the precisions, the loop over this process's batches, and the result record.
+
 Real-data feature statistics are cached under ``<cache>/fvd-stats/``, keyed by the data's content, the
-protocol's clip settings and the detector's sha256, so a second evaluation on the same data only runs
-the model. The result is a JSON record (settings, overrides, versions, detector sha256, counts, values)
-and a one-line summary.
+protocol's clip settings and the detector's sha256, so a second evaluation on the same data only runs the
+model; a cache file that cannot be read is ignored with a warning and recomputed. The result is a JSON
+record (settings, overrides, versions, resolved precisions, the detector and where it came from, counts,
+values) and a one-line summary.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-import larp
-from larp.data.video_io import condition_clip, probe_video, read_video
+from larp.evaluation.accumulate import (
+    Accumulator,
+    load_partial,
+    load_real_stats,
+    save_partial,
+    save_real_stats,
+)
+from larp.evaluation.clips import SYNTHETIC, BatchPlan, ClipSource, digest, plan_batches, read_batch
 from larp.evaluation.detectors import ClassifierDetector, FeatureDetector, load_detector
-from larp.evaluation.fvd import FeatureStats, all_reduce, frechet_distance_from_stats
-from larp.evaluation.image_metrics import psnr, ssim
-from larp.evaluation.protocols import EvalProtocol, select_clips
-from larp.losses.perceptual import cache_dir
+from larp.evaluation.fvd import FeatureStats, frechet_distance_from_stats
+from larp.evaluation.image_metrics import code_statistics
+from larp.evaluation.protocols import EvalProtocol
+from larp.evaluation.tasks import TASKS, Models, Precisions, score_batch
+from larp.precision import resolve_precision
+from larp.seeding import derive_seed
+from larp.version import __version__
+from larp.weights import cache_dir
+
+__all__ = [
+    "ClipSource",
+    "Models",
+    "SYNTHETIC",
+    "evaluate",
+    "resolve_detector",
+    "resolve_precisions",
+    "summary_line",
+    "synthetic_detector",
+]
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC = "synthetic"
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_SAVE_EVERY = 8  # batches between two saves of the partial statistics
+SAVE_EVERY = 8  # batches between two saves of the partial statistics
 
 
-# ------------------------------------------------------------------------------------------ data
-class ClipSource:
-    """The videos of a manifest, a folder, or the built-in synthetic set, as clips ``(video, start)``."""
-
-    def __init__(self, data: str, protocol: EvalProtocol, *, root: str | None = None, progress: bool = False):
-        self.data, self.protocol = data, protocol
-        if data == SYNTHETIC:
-            from larp.data.synthetic import SyntheticConfig, SyntheticVideos
-
-            count = protocol.num_samples or 512
-            # the held-out set: training recipes draw their clips with seed 0 (validation: the first 256 of seed 1)
-            self.synthetic = SyntheticVideos(SyntheticConfig(num_videos=count, seed=1, frames=protocol.frames,
-                                                             size=protocol.size))
-            self.entries, counts = None, [protocol.frames] * count
-            self.fingerprint = _digest(json.dumps(self.synthetic.config.__dict__, sort_keys=True, default=str))
-        else:
-            from larp.data.datasets import load_entries
-
-            self.synthetic = None
-            self.entries = load_entries(data, root=root)
-            self.fingerprint = _data_fingerprint(data, self.entries)
-            counts = _frame_counts(self.entries, self.fingerprint, progress)
-        self.items = select_clips(counts, protocol)
-
-    def label(self, item: tuple[int, int]) -> int:
-        index = item[0]
-        return self.synthetic.label(index) if self.synthetic is not None else self.entries[index].label
-
-    def read(self, item: tuple[int, int]) -> torch.Tensor:
-        """(3, frames, size, size) in [0, 1]; short videos repeat their last frame."""
-        index, start = item
-        if self.synthetic is not None:
-            return self.synthetic[index]["video"]
-        p = self.protocol
-        return read_video(self.entries[index].path, start=start, num_frames=p.frames, size=p.size, pad=True)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _data_fingerprint(data: str, entries) -> str:
-    """The manifest's bytes (or the folder's file list with sizes): what identifies the real clips."""
-    path = Path(data)
-    if path.is_file():
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    listing = [(e.path, e.label, os.path.getsize(e.path) if os.path.exists(e.path) else -1) for e in entries]
-    return _digest(json.dumps(listing))
-
-
-def _frame_counts(entries, fingerprint: str, progress: bool) -> list[int]:
-    """Frames of every video, counted once per dataset (cached: counting decodes the packets)."""
-    path = cache_dir() / "frame-counts" / f"{fingerprint[:32]}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    counts = []
-    for entry in tqdm(entries, desc="count frames", unit="video", disable=not progress):
-        try:
-            counts.append(probe_video(entry.path).num_frames)
-        except Exception as error:  # a corrupt video has no clip; it is skipped and counted
-            logger.warning("skipping %s: %s", entry.path, error)
-            counts.append(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(counts))
-    os.replace(tmp, path)
-    return counts
-
-
-# ------------------------------------------------------------------------------------------ models
-@dataclass
-class Models:
-    tokenizer: Any
-    generator: Any = None
-    detector: FeatureDetector | None = None
-    lpips: Any = None
-
-
+# ------------------------------------------------------------------------------------------ detector
 def synthetic_detector(protocol: EvalProtocol, device: torch.device, *, folder: str | os.PathLike | None = None,
                        steps: int = 300, progress: bool = False) -> ClassifierDetector:
-    """The synthetic-data detector for the protocol's clip size: trained once on the synthetic training
-    set (seed 0, never the held-out clips) for ``steps`` steps and kept in ``folder`` (default: cached under
-    ``<cache>/detectors/``)."""
+    """The synthetic-data detector for the protocol's clip size, kept in ``folder`` (default: cached under
+    ``<cache>/detectors/``).
+
+    When the folder holds none, one is trained now on the synthetic training set (seed 0, never the held-out
+    clips) for ``steps`` steps and saved there; this is logged (INFO, with the folder) and recorded by the
+    detector's ``provenance`` (``trained_now``, ``path``), which every result record made with it includes.
+    """
     from dataclasses import replace
 
     from larp.data.synthetic import SyntheticConfig, SyntheticVideos
     from larp.evaluation.video_classifier import VIDEO_CLASSIFIER_PRESETS, VideoClassifier, train_video_classifier
 
-    folder = Path(folder) if folder is not None else cache_dir() / "detectors" / f"synthetic-{protocol.frames}x{protocol.size}"
-    if not (folder / "model.safetensors").is_file():
-        logger.info("training the synthetic-data detector (once; kept in %s)", folder)
+    if folder is None:
+        folder = cache_dir() / "detectors" / f"synthetic-{protocol.frames}x{protocol.size}"
+    folder = Path(folder)
+    trained_now = not (folder / "model.safetensors").is_file()
+    if trained_now:
+        logger.info("no synthetic-data detector in %s: training one now (%d steps) and keeping it there", folder, steps)
         config = replace(VIDEO_CLASSIFIER_PRESETS["synthetic-32"], frames=protocol.frames, input_size=protocol.size)
         data = SyntheticVideos(SyntheticConfig(num_videos=8192, seed=0, frames=protocol.frames, size=protocol.size))
         train_video_classifier(data, config=config, steps=steps, progress=progress).save_pretrained(folder)
-    return ClassifierDetector(VideoClassifier.from_pretrained(folder, device=device), source=folder)
+    else:
+        logger.info("synthetic-data detector from %s", folder)
+    detector = ClassifierDetector(VideoClassifier.from_pretrained(folder, device=device), source=folder)
+    detector.kind = "synthetic-classifier"
+    detector.provenance = {"trained_now": trained_now, "path": str(folder)}
+    return detector
 
 
-def resolve_detector(spec: str | None, protocol: EvalProtocol, device: torch.device, progress: bool) -> FeatureDetector | None:
-    """The protocol's detector, or the one named by ``spec``; ``"none"`` turns the FVD off."""
+def resolve_detector(spec: str | None, protocol: EvalProtocol, device: torch.device, progress: bool, *,
+                     trust: bool = False) -> FeatureDetector | None:
+    """The protocol's detector, or the one named by ``spec``; ``"none"`` turns the FVD off.
+
+    Args:
+        trust: load a TorchScript file that is not the pinned I3D (``--trust-detector``; recorded).
+    """
     spec = spec or protocol.detector
     if spec == "none":
         return None
     if spec == SYNTHETIC:
         return synthetic_detector(protocol, device, progress=progress)
-    return load_detector(spec, device)
+    return load_detector(spec, device, trust=trust)
 
 
-# ------------------------------------------------------------------------------------------ per batch
-def _precision(name: str, device: torch.device) -> str:
-    """fp16 autocast on a CPU is slow and poorly supported: bf16 is used there (and recorded)."""
-    return "bf16" if name == "fp16" and device.type == "cpu" else name
+# ------------------------------------------------------------------------------------------ settings
+def resolve_precisions(task: str, p: EvalProtocol, device: torch.device | str) -> Precisions:
+    """The protocol's precisions as :func:`larp.precision.resolve_precision` resolves them on ``device``
+    (the generator's only for the tasks that run one: None for reconstruction).
+
+    Raises:
+        ValueError: a precision the device cannot run (fp16 off CUDA), saying which override fixes it.
+    """
+
+    def one(name: str) -> str:
+        value = getattr(p, name)
+        try:
+            return resolve_precision(value, device)
+        except ValueError as error:
+            raise ValueError(f"protocol {p.name} asks for {name}={value}, which cannot run here ({error}); "
+                             f"override it with --set {name}=bf16 (or fp32, or auto): the override is "
+                             "recorded with the result") from None
+
+    return Precisions(tokenizer=one("precision"),
+                      generator=one("generator_precision") if task != "reconstruction" else None)
 
 
-def _autocast(name: str, device: torch.device):
-    if name == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP[name])
+def _settings_key(task: str, p: EvalProtocol, sources: dict[str, Any], detector: FeatureDetector | None,
+                  data_fingerprint: str) -> str:
+    record = {"task": task, "protocol": p.to_dict(), "sources": sources, "data": data_fingerprint,
+              "detector": detector.sha256 if detector else None}
+    return digest(json.dumps(record, sort_keys=True, default=str))
 
 
-@dataclass
-class Accumulator:
-    """One process's running statistics: feature moments, metric sums and code counts."""
-
-    real: FeatureStats
-    fake: FeatureStats
-    sums: dict[str, float]
-    codes: torch.Tensor
-    done: list[int]
-
-    def add(self, name: str, values: torch.Tensor) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + float(values.double().sum())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"real": self.real.state_dict(), "fake": self.fake.state_dict(), "sums": self.sums,
-                "codes": self.codes, "done": self.done}
-
-
-def _resize(video: torch.Tensor, size: int | None) -> torch.Tensor:
-    """(b, 3, t, h, w) -> frames resized to size x size (bilinear, antialias; the official FP protocol)."""
-    if size is None or video.shape[-1] == size and video.shape[-2] == size:
-        return video
-    b, c, t, h, w = video.shape
-    frames = video.transpose(1, 2).reshape(b * t, c, h, w)
-    frames = F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return frames.reshape(b, t, c, size, size).transpose(1, 2).clamp(0, 1)
-
-
-@torch.no_grad()
-def _score_batch(task: str, p: EvalProtocol, models: Models, real: torch.Tensor | None, labels: torch.Tensor,
-                 rng: torch.Generator, acc: Accumulator, *, need_real_features: bool, score_classes: bool) -> None:
-    """Run one batch of the task and add its numbers to ``acc``."""
-    tokenizer = models.tokenizer
-    device = tokenizer.device
-    tok_precision, gen_precision = _precision(p.precision, device), _precision(p.generator_precision, device)
-    if real is not None:
-        real = real.to(device)
-    if task == "reconstruction":
-        with _autocast(tok_precision, device):
-            ids = tokenizer.encode(real, stochastic=not p.deterministic_tokens, generator=rng)
-            fake = tokenizer.decode(ids, num_frames=real.shape[2], clamp=True).float()
-        acc.codes += torch.bincount(ids.flatten().cpu(), minlength=acc.codes.numel())
-        mse = (fake - real).pow(2).flatten(1).mean(1)
-        acc.add("mse", mse)
-        acc.add("psnr", psnr(real, fake))
-        if min(real.shape[-2:]) >= 11:
-            acc.add("ssim", ssim(real, fake))
-        if models.lpips is not None:
-            acc.add("lpips", models.lpips.forward_video(fake, real, reduction="none").mean(1))
-    else:
-        generator = models.generator
-        if task == "generation":
-            cond, cfg = labels.to(device), p.cfg_scale
-        else:
-            with _autocast(tok_precision, device):
-                cond = tokenizer.encode(condition_clip(real, p.condition_frames),
-                                        stochastic=p.condition_tokens_stochastic, generator=rng)
-            cfg = 1.0
-        with _autocast(gen_precision, device):
-            ids = generator.generate(cond, cfg_scale=cfg, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-                                     generator=rng)
-            # the sampled sequences' teacher-forced NLL (the official report's NLL_sampled)
-            logits = generator(ids, cond).float()
-        acc.add("nll_sampled", F.cross_entropy(logits.transpose(1, 2), ids, reduction="none").mean(1))
-        if task == "generation":  # the teacher-forced NLL of the real clips' tokens (held-out data: held-out NLL)
-            with _autocast(tok_precision, device):
-                real_ids = tokenizer.encode(real, stochastic=False)
-            with _autocast(gen_precision, device):
-                real_logits = generator(real_ids, cond).float()
-            acc.add("nll_real", F.cross_entropy(real_logits.transpose(1, 2), real_ids, reduction="none").mean(1))
-        with _autocast(tok_precision, device):
-            fake = tokenizer.decode(ids, num_frames=p.frames, clamp=True).float()
-        if task == "prediction":
-            if p.paste_condition_frames:
-                fake[:, :, : p.condition_frames] = real[:, :, : p.condition_frames]
-            k = p.condition_frames
-            acc.add("psnr", psnr(real[:, :, k:], fake[:, :, k:]))  # of the predicted frames only
-    acc.add("clips", torch.ones(fake.shape[0]))
-    if models.detector is not None:
-        fake_scored = _resize(fake, p.fvd_size)
-        acc.fake.update(models.detector.features(fake_scored))
-        if need_real_features:
-            acc.real.update(models.detector.features(_resize(real, p.fvd_size)))
-        if score_classes and isinstance(models.detector, ClassifierDetector) and labels.ge(0).all():
-            acc.add("class_correct", (models.detector.predict(fake_scored) == labels.cpu()).float())
+def _real_stats_path(p: EvalProtocol, detector: FeatureDetector, data_fingerprint: str) -> Path:
+    clip_fields = {k: getattr(p, k) for k in ("frames", "size", "clip_selection", "num_samples", "seed", "fvd_size")}
+    key = digest(json.dumps({"data": data_fingerprint, "clips": clip_fields, "detector": detector.sha256},
+                            sort_keys=True))
+    return cache_dir() / "fvd-stats" / f"{p.name}-{key[:24]}.safetensors"
 
 
 # ------------------------------------------------------------------------------------------ the run
-def _settings_key(task: str, p: EvalProtocol, sources: dict[str, Any], detector: FeatureDetector | None, data_fp: str) -> str:
-    record = {"task": task, "protocol": p.to_dict(), "sources": sources, "data": data_fp,
-              "detector": detector.sha256 if detector else None}
-    return _digest(json.dumps(record, sort_keys=True, default=str))
+def _score_batches(task: str, p: EvalProtocol, models: Models, source: ClipSource, plan: BatchPlan,
+                   acc: Accumulator, precision: Precisions, partial: Path, *, need_real: bool, progress: bool,
+                   stop_after: int | None) -> bool:
+    """Score this process's batches not yet in ``acc``, saving ``acc`` to ``partial`` every few batches.
 
-
-def _real_stats_path(p: EvalProtocol, detector: FeatureDetector, data_fp: str) -> Path:
-    clip_fields = {k: getattr(p, k) for k in ("frames", "size", "clip_selection", "num_samples", "seed", "fvd_size")}
-    key = _digest(json.dumps({"data": data_fp, "clips": clip_fields, "detector": detector.sha256}, sort_keys=True))
-    return cache_dir() / "fvd-stats" / f"{p.name}-{key[:24]}.safetensors"
+    Returns:
+        False when stopped by ``stop_after`` (as if killed), True when every batch is done.
+    """
+    device = models.tokenizer.device
+    done = set(acc.done)
+    todo = [k for k in plan.mine if k not in done]
+    with tqdm(total=plan.clips(plan.mine), initial=plan.clips(acc.done), desc=f"evaluate {p.name}", unit="clip",
+              disable=not progress, dynamic_ncols=True) as bar:
+        for count, k in enumerate(todo, 1):
+            batch = plan.batches[k]
+            real, kept = read_batch(source, batch)
+            acc.add("skipped", len(batch) - len(kept))
+            if kept:
+                labels = torch.tensor([source.label(item) for item in kept])
+                rng = torch.Generator(device).manual_seed(derive_seed(p.seed, k))
+                score_batch(task, p, models, real, labels, rng, acc, precision, need_real_features=need_real,
+                            score_classes=source.labels_are_detector_classes)
+            acc.done.append(k)
+            bar.update(len(batch))
+            stop = stop_after is not None and count >= stop_after
+            if count % SAVE_EVERY == 0 or count == len(todo) or stop:
+                save_partial(partial, acc)
+            if stop:
+                return False
+    return True
 
 
 def evaluate(
@@ -278,140 +194,101 @@ def evaluate(
     work_dir: str | os.PathLike,
     info=None,
     progress: bool = True,
-    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     stop_after: int | None = None,
 ) -> dict[str, Any] | None:
     """Score ``source`` under ``protocol`` for ``task``; returns the result record on the main process.
 
     Args:
+        task: ``"reconstruction"``, ``"generation"`` or ``"prediction"`` (must be the protocol's).
+        overrides: the protocol fields changed from the paper's (``resolve_protocol``), recorded.
         sources: what was evaluated (tokenizer, generator, data, detector spec), recorded as given.
         work_dir: where the partial statistics of this run live (resume: run again with the same one).
-        info: a ``larp.training.distributed.DistInfo`` (None: one process).
-        reduce_sum: sums a tensor over processes (None: one process).
+        info: a ``larp.training.distributed.DistInfo`` (None: one process); with several processes the
+            statistics are summed over them.
         stop_after: stop after this many batches of this process, as if killed; for tests.
+
+    Raises:
+        ValueError: a task that is not the protocol's, a precision the device cannot run, or no clip scored.
     """
+    if task != protocol.task:
+        raise ValueError(f"protocol {protocol.name} is a {protocol.task} protocol, not {task} (tasks: {list(TASKS)})")
     rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
-    main = rank == 0
     p, detector = protocol, models.detector
+    precision = resolve_precisions(task, p, models.tokenizer.device)
     started = time.perf_counter()
-    key = _settings_key(task, p, sources, detector, source.fingerprint)
+
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    key = _settings_key(task, p, sources, detector, source.fingerprint)
     partial = work_dir / f"partial-{key[:16]}-rank{rank}-of-{world}.pt"
-
     real_path = _real_stats_path(p, detector, source.fingerprint) if detector is not None else None
-    cached_real = FeatureStats.load(real_path) if real_path is not None and real_path.is_file() else None
-    dim = detector.feature_dim if detector is not None else 1
-    codebook = models.tokenizer.config.quantizer.codebook_size
-    acc = Accumulator(FeatureStats(dim), FeatureStats(dim), {}, torch.zeros(codebook, dtype=torch.float64), [])
-    if partial.is_file():
-        state = torch.load(partial, map_location="cpu", weights_only=True)
-        acc = Accumulator(FeatureStats.from_state_dict(state["real"]), FeatureStats.from_state_dict(state["fake"]),
-                          dict(state["sums"]), state["codes"], list(state["done"]))
-        logger.info("resuming %s: %d batch(es) of this process already scored", p.name, len(acc.done))
-
-    items = source.items
-    batches = [items[i : i + p.batch_size] for i in range(0, len(items), p.batch_size)]
-    mine = [k for k in range(len(batches)) if k % world == rank]
-    todo = [k for k in mine if k not in set(acc.done)]
+    cached_real = load_real_stats(real_path)
     need_real = detector is not None and cached_real is None
-    need_video = True  # generation too: the real clips' tokens give the held-out NLL
-    device = models.tokenizer.device
-    bar = tqdm(total=sum(len(batches[k]) for k in mine), initial=sum(len(batches[k]) for k in acc.done),
-               desc=f"evaluate {p.name}", unit="clip", disable=not (progress and main), dynamic_ncols=True)
-    for count, k in enumerate(todo, 1):
-        batch = batches[k]
-        real, kept = None, batch
-        if need_video:
-            clips, kept = [], []
-            for item in batch:
-                try:
-                    clips.append(source.read(item))
-                    kept.append(item)
-                except Exception as error:  # a corrupt video: skipped, counted, reported
-                    logger.warning("skipping clip %s: %s", item, error)
-            acc.sums["skipped"] = acc.sums.get("skipped", 0.0) + len(batch) - len(kept)
-            real = torch.stack(clips) if clips else None
-        if kept:
-            labels = torch.tensor([source.label(item) for item in kept])
-            rng = torch.Generator(device).manual_seed(p.seed * 1_000_003 + k)
-            # class accuracy only where the labels are the detector's classes (the synthetic data); a folder's
-            # labels number its sub-folders alphabetically
-            _score_batch(task, p, models, real, labels, rng, acc, need_real_features=need_real,
-                         score_classes=source.synthetic is not None)
-        acc.done.append(k)
-        bar.update(len(batch))
-        if count % _SAVE_EVERY == 0 or count == len(todo) or (stop_after is not None and count >= stop_after):
-            _save(partial, acc.state_dict())
-        if stop_after is not None and count >= stop_after:
-            bar.close()
-            return None
-    bar.close()
+    acc = load_partial(partial)
+    if acc is not None:
+        logger.info("resuming %s: %d batch(es) of this process already scored", p.name, len(acc.done))
+    else:
+        codebook = models.tokenizer.config.quantizer.codebook_size
+        acc = Accumulator.empty(detector.feature_dim if detector is not None else 1, codebook)
 
-    # reduce over processes
-    if reduce_sum is not None:
-        acc.real, acc.fake = all_reduce(acc.real, reduce_sum), all_reduce(acc.fake, reduce_sum)
-        # every process sends every name (a process without batches has none), with a flag: present anywhere
-        names = _METRIC_SUMS
-        values = [acc.sums.get(n, 0.0) for n in names] + [float(n in acc.sums) for n in names]
-        totals = reduce_sum(torch.tensor(values, dtype=torch.float64)).tolist()
-        acc.sums = {n: totals[i] for i, n in enumerate(names) if totals[len(names) + i] > 0}
-        acc.codes = reduce_sum(acc.codes)
-    partial.unlink(missing_ok=True)  # complete: a new run starts afresh (the result holds everything)
-    if not main:
+    plan = plan_batches(source.items, p.batch_size, rank, world)
+    if not _score_batches(task, p, models, source, plan, acc, precision, partial, need_real=need_real,
+                          progress=progress and rank == 0, stop_after=stop_after):
         return None
-    if need_real and real_path is not None:
-        real_path.parent.mkdir(parents=True, exist_ok=True)
-        acc.real.metadata = {"detector": detector.name, "detector_sha256": detector.sha256, "protocol": p.name}
-        acc.real.save(real_path)
+    if world > 1:
+        acc = acc.reduced(_sum_over_processes(info))
+    partial.unlink(missing_ok=True)  # complete: a new run starts afresh (the result holds everything)
+    if rank != 0:
+        return None
+    if need_real:
+        save_real_stats(real_path, acc.real, {"detector": detector.name, "detector_sha256": detector.sha256,
+                                              "protocol": p.name})
         cached_real = acc.real
-    record = _record(task, p, overrides, sources, models, acc, cached_real, source, world, time.perf_counter() - started)
-    return record
+    return _record(task, p, overrides, sources, models, acc, cached_real, source, world, precision,
+                   time.perf_counter() - started)
 
 
-_METRIC_SUMS = ("clips", "skipped", "mse", "psnr", "ssim", "lpips", "nll_sampled", "nll_real", "class_correct")
+def _sum_over_processes(info):
+    from larp.training import distributed as dist
+
+    # on the process's device: NCCL reduces CUDA tensors only
+    return lambda tensor: dist.all_reduce_sum(tensor.to(info.device), info).cpu()
 
 
-def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _record(task, p: EvalProtocol, overrides, sources, models: Models, acc: Accumulator, real: FeatureStats | None,
-            source: ClipSource, world: int, elapsed: float) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------ the record
+def _results(task: str, models: Models, acc: Accumulator, real: FeatureStats | None) -> dict[str, float]:
     clips = acc.sums.get("clips", 0.0)
     if clips == 0:
         raise ValueError(f"no clip could be scored ({int(acc.sums.get('skipped', 0))} skipped): see the warnings above")
-    results: dict[str, float] = {}
-    for name in ("mse", "psnr", "ssim", "lpips", "nll_sampled", "nll_real"):
-        if name in acc.sums:
-            results[name] = acc.sums[name] / clips
+    results = {name: acc.sums[name] / clips for name in ("mse", "psnr", "ssim", "lpips", "nll_sampled", "nll_real")
+               if name in acc.sums}
     if "class_correct" in acc.sums:
         results["class_accuracy"] = acc.sums["class_correct"] / clips
         results["chance_accuracy"] = 1.0 / models.detector.num_classes
     if task == "reconstruction":
-        codes = acc.codes
-        probs = codes / codes.sum()
-        results["codebook_usage"] = float((codes > 0).double().mean())
-        results["codebook_perplexity"] = math.exp(-float((probs[probs > 0] * probs[probs > 0].log()).sum()))
+        usage, perplexity = code_statistics(acc.codes)
+        results["codebook_usage"], results["codebook_perplexity"] = float(usage), float(perplexity)
     if models.detector is not None:
         results["fvd"] = frechet_distance_from_stats(real, acc.fake)
-    device = models.tokenizer.device
+    return results
+
+
+def _record(task: str, p: EvalProtocol, overrides: dict[str, Any], sources: dict[str, Any], models: Models,
+            acc: Accumulator, real: FeatureStats | None, source: ClipSource, world: int, precision: Precisions,
+            elapsed: float) -> dict[str, Any]:
     return {
         "task": task,
         "protocol": p.to_dict(),
         "overrides": overrides,
         "comparable_to_reference": not overrides,
-        "results": results,
-        "counts": {"clips": int(clips), "skipped": int(acc.sums.get("skipped", 0)), "selected": len(source.items),
-                   "real_feature_clips": int(real.count) if real is not None else 0},
-        "detector": {"name": models.detector.name, "sha256": models.detector.sha256} if models.detector else None,
+        "results": _results(task, models, acc, real),
+        "counts": {"clips": int(acc.sums["clips"]), "skipped": int(acc.sums.get("skipped", 0)),
+                   "selected": len(source.items), "real_feature_clips": int(real.count) if real is not None else 0},
+        "detector": models.detector.describe() if models.detector is not None else None,
         "sources": sources,
-        "effective_precision": {"tokenizer": _precision(p.precision, device),
-                                "generator": _precision(p.generator_precision, device)},
-        "versions": {"larp": larp.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "device": str(device),
+        "effective_precision": {"tokenizer": precision.tokenizer, "generator": precision.generator},
+        "versions": {"larp": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "device": str(models.tokenizer.device),
         "processes": world,
         "elapsed_s": round(elapsed, 2),
     }
@@ -424,5 +301,12 @@ def summary_line(record: dict[str, Any]) -> str:
     r = record["results"]
     parts = [f"{label} {r[key]:.4g}" for key, label in names.items() if key in r]
     detector = record["detector"]
-    where = f", detector {detector['name']} sha256 {detector['sha256'][:12]}" if detector else ", no FVD"
+    if detector:
+        where = f", detector {detector['name']} sha256 {detector['sha256'][:12]}"
+        if detector.get("detector_trusted_by_user"):
+            where += " (not the pinned I3D: trusted by the user)"
+        if detector.get("trained_now"):
+            where += " (trained by this run)"
+    else:
+        where = ", no FVD"
     return f"{record['protocol']['name']}: " + "  ".join(parts) + f"  ({record['counts']['clips']} clips{where})"

@@ -7,7 +7,8 @@ are unit-normalised over channels, their squared difference is weighted by a lea
 averaged over space, and the five layer values are summed.
 
 Neither torchvision nor the ``lpips`` package is used (see DESIGN.md): the weights come from one
-safetensors file in this library's own layout, found in this order (``resolve_lpips_weights``):
+safetensors file in this library's own layout, found by the library's one weight resolver
+(:mod:`larp.weights`, via ``resolve_lpips_weights``) in this order:
 
 1. the path given to ``load_lpips(path)``;
 2. the environment variable ``LARP_LPIPS_WEIGHTS``;
@@ -27,12 +28,9 @@ Weight file layout (``convert_lpips_weights`` writes it; it is exactly ``LPIPS()
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -43,13 +41,27 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from larp.files import write_atomic
 from larp.hub import state_dict_problems
+from larp.weights import WeightFile, file_sha256
+from larp.weights import download as download_verified
+from larp.weights import resolve as resolve_weights
+
+__all__ = [
+    "LPIPS",
+    "LPIPS_WEIGHTS",
+    "WEIGHTS_ENV",
+    "convert_lpips_weights",
+    "download_lpips_weights",
+    "load_lpips",
+    "lpips_cache_path",
+    "lpips_weight_locations",
+    "resolve_lpips_weights",
+]
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "LARP_LPIPS_WEIGHTS"
-CACHE_ENV = "LARP_CACHE"
-OFFLINE_ENV = "LARP_OFFLINE"
 CACHE_FILE_NAME = "lpips_vgg16.safetensors"
 WEIGHTS_FORMAT = "larp-lpips-vgg16"
 
@@ -205,21 +217,7 @@ class LPIPS(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Where the weights are looked for
-
-
-def cache_dir() -> Path:
-    """The library's cache folder: ``$LARP_CACHE``, else ``$XDG_CACHE_HOME/larp``, else ``~/.cache/larp``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "larp"
-    return Path.home() / ".cache" / "larp"
-
-
-def lpips_cache_path() -> Path:
-    """Where converted (or downloaded) LPIPS weights are kept: ``cache_dir() / "lpips_vgg16.safetensors"``."""
-    return cache_dir() / CACHE_FILE_NAME
+# Where the weights are looked for (the library's one resolver, larp.weights)
 
 
 def convert_command(out: str | os.PathLike | None = None) -> str:
@@ -228,23 +226,30 @@ def convert_command(out: str | os.PathLike | None = None) -> str:
     return command if out is None else f"{command} -o {out}"
 
 
-def _missing_message(tried: list[str], reason: str) -> str:
-    return (
-        f"LPIPS (VGG16) weights not found ({reason}); looked in: {'; '.join(tried)}. "
+LPIPS_WEIGHTS = WeightFile(
+    what="LPIPS (VGG16) weights",
+    env=WEIGHTS_ENV,
+    file_name=CACHE_FILE_NAME,
+    how_to_get=(
         f"To get them, download {VGG16_URL} (sha256 {VGG16_SHA256}) and {LPIPS_VGG_URL} "
         f"(sha256 {LPIPS_VGG_SHA256}) on a machine with a network, then convert them with "
-        f"`{convert_command()}` (writes {lpips_cache_path()}; add -o PATH to write elsewhere), "
-        f"and point {WEIGHTS_ENV} at the result if it is not in the cache."
-    )
+        f"`{convert_command()}` (writes the cache file; add -o PATH to write elsewhere)."
+    ),
+)
+
+
+def lpips_cache_path() -> Path:
+    """Where converted (or downloaded) LPIPS weights are kept: ``<cache>/lpips_vgg16.safetensors``."""
+    return LPIPS_WEIGHTS.cache_path()
 
 
 def resolve_lpips_weights(path: str | os.PathLike | None = None, *, download: bool | None = None) -> Path:
-    """Find the LPIPS weight file: explicit path, then ``$LARP_LPIPS_WEIGHTS``, then the cache, then download.
+    """Find the LPIPS weight file as :func:`larp.weights.resolve` describes; the download fetches the two
+    original files, checks their pinned sha256 digests and converts them (:func:`download_lpips_weights`).
 
     Args:
         path: explicit weight file; when given it must exist (no fallback, so a typo is not hidden).
-        download: allow fetching the original files when nothing is found locally. ``None`` (default) means
-            yes unless the environment variable ``LARP_OFFLINE`` is set to a non-empty value other than ``0``.
+        download: allow the download; ``None`` (default) means yes unless ``$LARP_OFFLINE`` is set.
 
     Returns:
         Path of a safetensors file in this module's layout.
@@ -252,35 +257,9 @@ def resolve_lpips_weights(path: str | os.PathLike | None = None, *, download: bo
     Raises:
         FileNotFoundError: no file was found and none could be downloaded; the message gives both URLs and
             the conversion command.
-        RuntimeError: a download did not match its pinned sha256.
+        DigestMismatchError: a download did not match its pinned sha256.
     """
-    if path is not None:
-        explicit = Path(path).expanduser()
-        if not explicit.is_file():
-            raise FileNotFoundError(_missing_message([str(explicit)], "the given path is not a file"))
-        return explicit
-    tried = []
-    env_value = os.environ.get(WEIGHTS_ENV)
-    if env_value:
-        from_env = Path(env_value).expanduser()
-        if not from_env.is_file():
-            raise FileNotFoundError(
-                _missing_message([f"${WEIGHTS_ENV}={from_env}"], f"${WEIGHTS_ENV} is set but is not a file")
-            )
-        return from_env
-    tried.append(f"${WEIGHTS_ENV} (unset)")
-    cached = lpips_cache_path()
-    if cached.is_file():
-        return cached
-    tried.append(str(cached))
-    if download is None:
-        download = os.environ.get(OFFLINE_ENV, "") in ("", "0")
-    if not download:
-        raise FileNotFoundError(_missing_message(tried, f"downloading is off: download=False or ${OFFLINE_ENV} set"))
-    try:
-        return download_lpips_weights(cached)
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
-        raise FileNotFoundError(_missing_message(tried, f"download failed: {error}")) from error
+    return resolve_weights(LPIPS_WEIGHTS, path, fetch=download_lpips_weights, download=download)
 
 
 def lpips_weight_locations() -> list[tuple[str, Path | None, bool]]:
@@ -289,13 +268,7 @@ def lpips_weight_locations() -> list[tuple[str, Path | None, bool]]:
     Returns:
         (description, path or None when not applicable, present) per place.
     """
-    env_value = os.environ.get(WEIGHTS_ENV)
-    env_path = Path(env_value).expanduser() if env_value else None
-    cached = lpips_cache_path()
-    return [
-        (f"${WEIGHTS_ENV}" + ("" if env_path else " (unset)"), env_path, bool(env_path and env_path.is_file())),
-        ("cache", cached, cached.is_file()),
-    ]
+    return LPIPS_WEIGHTS.locations()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -345,15 +318,6 @@ def _check_keys(
     problems = state_dict_problems(dict(state), dict(expected), ignore_prefixes=ignore_prefixes)
     if problems:
         raise ValueError(f"'{source}' does not have the expected weights ({'; '.join(problems)}); {hint}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 8 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_pth(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -426,31 +390,10 @@ def convert_lpips_weights(
         "vgg16_source": VGG16_URL,
         "lpips_source": LPIPS_VGG_URL,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write to a temporary name in the same folder, then rename: a crash never leaves a half file in the cache.
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # atomic: a crash never leaves a half file in the cache
+    write_atomic(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     logger.info("wrote LPIPS-VGG16 weights to %s", out)
     return out
-
-
-def _download(url: str, sha256: str, target: Path, timeout: float = 30.0) -> None:
-    """Stream ``url`` to ``target``, checking its sha256; raises RuntimeError on a mismatch."""
-    logger.info("downloading %s", url)
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as handle:
-        for chunk in iter(lambda: response.read(1 << 20), b""):
-            digest.update(chunk)
-            handle.write(chunk)
-    if digest.hexdigest() != sha256:
-        target.unlink(missing_ok=True)
-        raise RuntimeError(f"{url} has sha256 {digest.hexdigest()}, expected {sha256}; not using it")
 
 
 def download_lpips_weights(out_path: str | os.PathLike | None = None) -> Path:
@@ -468,7 +411,7 @@ def download_lpips_weights(out_path: str | os.PathLike | None = None) -> Path:
     Raises:
         urllib.error.URLError, TimeoutError, ConnectionError: no network (``resolve_lpips_weights`` turns
             these into a FileNotFoundError with instructions).
-        RuntimeError: a downloaded file does not match its pinned digest.
+        larp.weights.DigestMismatchError: a downloaded file does not match its pinned digest.
     """
     out = Path(out_path).expanduser() if out_path is not None else lpips_cache_path()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -476,6 +419,6 @@ def download_lpips_weights(out_path: str | os.PathLike | None = None) -> Path:
         vgg16 = Path(folder) / "vgg16-397923af.pth"
         heads = Path(folder) / "vgg.pth"
         # The small file first: with no network it fails fast, before anything large is attempted.
-        _download(LPIPS_VGG_URL, LPIPS_VGG_SHA256, heads)
-        _download(VGG16_URL, VGG16_SHA256, vgg16)
+        download_verified(LPIPS_VGG_URL, heads, sha256=LPIPS_VGG_SHA256)
+        download_verified(VGG16_URL, vgg16, sha256=VGG16_SHA256)
         return convert_lpips_weights(vgg16, heads, out)
