@@ -73,3 +73,28 @@ def test_mismatched_generator_and_tokenizer_are_refused(tmp_path, models, capsys
     other = larp.LARPTokenizer.from_preset("larp-small").save_pretrained(tmp_path / "other")
     assert main(["sample", "--generator", classcond, "--tokenizer", str(other), "--class", "1", "-o", str(tmp_path / "o")]) == 1
     assert "do not belong together" in capsys.readouterr().err
+
+
+def test_samples_are_generated_one_batch_at_a_time(tmp_path, models, monkeypatch):
+    """Memory is bounded by --batch-size, not --num: conditions are made per batch, the grid keeps a few."""
+    from larp.cli import generate_commands
+
+    tokenizer, classcond, _ = models
+    batches = []
+    generate = larp.LARPGenerator.generate
+
+    def recording(self, cond, **kwargs):
+        batches.append(cond.tolist())
+        return generate(self, cond, **kwargs)
+
+    monkeypatch.setattr(larp.LARPGenerator, "generate", recording)
+    monkeypatch.setattr(generate_commands, "GRID_SAMPLES", 4)
+    out = tmp_path / "o"
+    assert main(["sample", "--generator", classcond, "--tokenizer", tokenizer, "--class", "2", "5", "--num", "3",
+                 "--batch-size", "4", "-o", str(out)]) == 0
+    assert batches == [[2, 2, 2, 5], [5, 5]]
+    names = json.loads((out / "samples.json").read_text())["samples"]
+    assert names == ["class2-0", "class2-1", "class2-2", "class5-0", "class5-1", "class5-2"]
+    assert all((out / f"{name}.gif").is_file() and np.load(out / f"{name}.npy").shape == (32,) for name in names)
+    grid = probe_video(out / "grid.gif")
+    assert (grid.width, grid.height) == (4 * 32 + 5 * 2, 32 + 2 * 2)  # the first 4 samples, padding 2

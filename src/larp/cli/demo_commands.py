@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from larp.cli.arguments import add_device_option
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
@@ -15,11 +17,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and writes OUT/report.html, OUT/metrics.json and the models (OUT/models/, loadable with from_pretrained). "
         "About 11 minutes on a 2-core CPU; a second run reuses the stages the first one finished.",
     )
-    demo.add_argument("--out", default="larp-demo", metavar="DIR", help="the demo folder (default: ./larp-demo)")
+    demo.add_argument("-o", "--out", default="larp-demo", metavar="DIR", help="the demo folder (default: ./larp-demo)")
     demo.add_argument("--quick", action="store_true",
                       help="check the mechanics in about 20 s (tiny models, a few steps: the numbers mean nothing)")
     demo.add_argument("--fresh", action="store_true", help="start over: forget the stages an earlier run finished")
-    demo.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: CUDA when available)")
+    add_device_option(demo)
     demo.set_defaults(run=run_demo)
 
 

@@ -1,6 +1,7 @@
 """The ``larp`` command: argument parsing and dispatch. Each subcommand lives in its own module.
 
 Every subcommand fails with one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+The conventions every command follows (``--set``, ``-o/--out DIR``, ``--dtype``) are in :mod:`larp.cli.arguments`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from larp.cli import (
     demo_commands,
     evaluate_commands,
     generate_commands,
+    info_commands,
     tokenizer_commands,
     train_commands,
     weights_commands,
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print results and errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    info_commands.register(commands)
     tokenizer_commands.register(commands)
     train_commands.register(commands)
     generate_commands.register(commands)
@@ -43,7 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        overrides = [item for item in unknown if "=" in item and not item.startswith("-")]
+        if overrides:  # the KEY=VALUE positionals of larp 0.1.0: fail clearly, never ignore them
+            print(f"larp {args.command}: error: overrides are given with --set: --set {' '.join(overrides)}",
+                  file=sys.stderr)
+            return 2
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(message)s",

@@ -8,10 +8,9 @@ import logging
 import os
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from larp.cli.arguments import add_device_option, add_set_option
 
-# Recipes given by name are looked up here (a checkout's configs/ folder, or the working directory's).
-RECIPE_DIRS = (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs")
+logger = logging.getLogger(__name__)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,7 +20,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Train a LARP tokenizer. Launch with torchrun --nproc_per_node N for DDP; "
         "multi-node through torchrun's rendezvous options.",
     )
-    _add_run_args(tokenizer, "tiny-cpu")
+    _add_run_args(tokenizer, "tiny-cpu", "steps=4000 optim.lr=3e-4")
     tokenizer.set_defaults(run=run_train_tokenizer)
 
     generator = commands.add_parser(
@@ -31,35 +30,28 @@ def register(commands: argparse._SubParsersAction) -> None:
         "tokenizer, encoded on the fly or read from a token cache (tokens.cache). Launch with torchrun "
         "--nproc_per_node N for DDP.",
     )
-    _add_run_args(generator, "ar-tiny-cpu")
+    _add_run_args(generator, "ar-tiny-cpu", "tokens.tokenizer=runs/t/tokenizer steps=2000")
     generator.set_defaults(run=run_train_generator)
 
 
-def _add_run_args(parser: argparse.ArgumentParser, example: str) -> None:
-    parser.add_argument("--config", required=True, help=f"recipe YAML file, or the name of one in configs/ (e.g. {example})")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.lr=3e-4 steps=2000")
-    parser.add_argument("--run-dir", default=None, help="run folder (default runs/<recipe name>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-
-
-def resolve_recipe(name: str) -> Path:
-    path = Path(name)
-    if path.is_file():
-        return path
-    for folder in RECIPE_DIRS:
-        for candidate in (folder / name, folder / f"{name}.yaml"):
-            if candidate.is_file():
-                return candidate
-    raise FileNotFoundError(f"no recipe file '{name}' (looked in the working directory and {', '.join(map(str, RECIPE_DIRS))})")
+def _add_run_args(parser: argparse.ArgumentParser, example: str, overrides: str) -> None:
+    parser.add_argument(
+        "--config", required=True, metavar="RECIPE",
+        help=f"recipe YAML file, or the name of a packaged recipe (e.g. {example})",
+    )
+    add_set_option(parser, "recipe", overrides)
+    parser.add_argument("--run-dir", default=None, metavar="DIR", help="run folder (default runs/<recipe name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its newest checkpoint")
+    add_device_option(parser)
 
 
 def run_train_tokenizer(args: argparse.Namespace) -> int:
-    from larp.training.recipe import load_recipe
+    from larp.training.recipe import load_recipe, resolve_recipe
     from larp.training.tokenizer_trainer import train_tokenizer
 
     path = resolve_recipe(args.config)
-    recipe = load_recipe(path, args.overrides)
+    recipe = load_recipe(path, args.settings)
     run_dir = Path(args.run_dir or Path("runs") / path.stem)
     folder = train_tokenizer(recipe, run_dir, resume=args.resume, device=args.device, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":  # one message under torchrun
@@ -69,10 +61,10 @@ def run_train_tokenizer(args: argparse.Namespace) -> int:
 
 def run_train_generator(args: argparse.Namespace) -> int:
     from larp.training.generator_trainer import train_generator
-    from larp.training.recipe import GeneratorTrainConfig, load_recipe
+    from larp.training.recipe import GeneratorTrainConfig, load_recipe, resolve_recipe
 
     path = resolve_recipe(args.config)
-    recipe = load_recipe(path, args.overrides, GeneratorTrainConfig)
+    recipe = load_recipe(path, args.settings, GeneratorTrainConfig)
     run_dir = Path(args.run_dir or Path("runs") / path.stem)
     folder = train_generator(recipe, run_dir, resume=args.resume, device=args.device, progress=not args.quiet)
     if os.environ.get("RANK", "0") == "0":

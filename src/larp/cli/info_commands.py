@@ -1,0 +1,226 @@
+"""``larp info``: what a model folder, hub id, preset, token cache or folder of token files holds.
+
+Model folders are described from their config.json and the safetensors header (shapes only), so a
+632M-parameter generator is described in a moment; the weights are still checked against the config
+(missing, unexpected or mis-shaped keys are an error, as when loading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from larp.config import config_to_dict
+from larp.hub import CONFIG_NAME, WEIGHTS_NAME, read_config_json, resolve_pretrained
+
+EXPECTED = (
+    "expected a tokenizer or generator folder (config.json + model.safetensors, larp or official format), "
+    "a HuggingFace repo id (owner/name), a preset name, a token cache folder (cache.json) or a folder of "
+    "`larp tokenize` outputs (.npy + .json)"
+)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    info = commands.add_parser(
+        "info",
+        help="describe a model (folder, hub id or preset), a token cache or a folder of token files",
+        description="Describe a LARP tokenizer or generator (a folder in the larp or the official format, a "
+        "HuggingFace repo id, or a preset: larp info larp-l), a token cache (larp tokenize --manifest) or a "
+        "folder of token files (larp tokenize VIDEO ...).",
+    )
+    info.add_argument("model", metavar="WHAT", help="model folder, repo id, preset name, token cache or token folder")
+    info.set_defaults(run=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from larp.models.generator import GENERATOR_PRESETS
+    from larp.models.tokenizer import TOKENIZER_PRESETS
+
+    spec = args.model
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "cache.json").is_file():
+            print(describe_token_cache(path))
+        elif (path / CONFIG_NAME).is_file() or (path / WEIGHTS_NAME).is_file():
+            print(describe_model_folder(resolve_pretrained(path), spec))
+        elif any(path.glob("*.npy")):
+            print(describe_token_files(path))
+        else:
+            inside = sorted(p.name for p in path.iterdir()
+                            if (p / CONFIG_NAME).is_file() or (p / "cache.json").is_file())
+            hint = ""
+            if inside:  # a training run or the demo's folder: name the models in it
+                hint = f" (it holds {', '.join(f'{name}/' for name in inside)}: larp info {path / inside[0]})"
+            raise ValueError(f"{spec} is a folder with none of the files larp info knows{hint}: {EXPECTED}")
+    elif path.exists():
+        raise ValueError(f"{spec} is a file: {EXPECTED}")
+    elif spec in TOKENIZER_PRESETS or spec in GENERATOR_PRESETS:
+        print(describe_preset(spec))
+    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):  # owner/name: a hub repository
+        print(describe_model_folder(resolve_pretrained(spec), spec))
+    else:
+        names = ", ".join(sorted(TOKENIZER_PRESETS) + sorted(GENERATOR_PRESETS))
+        raise ValueError(f"no folder, preset or repo id '{spec}': {EXPECTED}; presets: {names}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ models
+def describe_preset(name: str) -> str:
+    from larp.models.generator import GENERATOR_PRESETS, LARPGenerator
+    from larp.models.tokenizer import TOKENIZER_PRESETS, LARPTokenizer
+
+    cls, config = (LARPTokenizer, TOKENIZER_PRESETS[name]) if name in TOKENIZER_PRESETS else (
+        LARPGenerator, GENERATOR_PRESETS[name])
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        parameters = cls(config).num_parameters()
+    return _describe(cls.__name__, config, parameters, f"preset {name} (random weights)")
+
+
+def describe_model_folder(folder: Path, source: str) -> str:
+    """A model folder of either layout; the class is told by ``_class_name`` or, in the official layout,
+    by which official config the keys form."""
+    from larp.models.generator import LARPGenerator
+    from larp.models.tokenizer import LARPTokenizer
+
+    data = read_config_json(folder)
+    name = data.get("_class_name")
+    if name is None:
+        cls, config = _official_config(folder, data)
+        layout = "official LARP format"
+    else:
+        classes = {c.__name__: c for c in (LARPTokenizer, LARPGenerator, _video_classifier())}
+        if name not in classes:
+            raise ValueError(f"{folder / CONFIG_NAME} describes a {name}, which larp info does not describe: "
+                             f"{EXPECTED}")
+        cls = classes[name]
+        config = cls.parse_config(data)
+        layout = f"larp format, saved by larp {data.get('_larp_version', '?')}"
+    parameters = _checked_parameter_count(cls, config, folder)
+    return _describe(cls.__name__, config, parameters, f"{source} ({layout})")
+
+
+def _official_config(folder: Path, data: dict[str, Any]):
+    from larp.models.generator import LARPGenerator
+    from larp.models.tokenizer import LARPTokenizer
+
+    errors = []
+    for cls in (LARPTokenizer, LARPGenerator):
+        try:
+            return cls, cls.config_from_official(data)
+        except ValueError as error:
+            errors.append(f"as a {cls.__name__}: {error}")
+    raise ValueError(f"{folder / CONFIG_NAME} has no '_class_name' and is not an official LARP tokenizer or "
+                     f"generator config ({'; '.join(errors)})")
+
+
+def _video_classifier() -> type:
+    from larp.evaluation.video_classifier import VideoClassifier
+
+    return VideoClassifier
+
+
+def _checked_parameter_count(cls: type, config: Any, folder: Path) -> int:
+    """Parameters of ``cls(config)``, after checking the weight file's names and shapes against it."""
+    from safetensors import SafetensorError, safe_open
+
+    with torch.device("meta"):
+        model = cls(config)
+    path = folder / WEIGHTS_NAME
+    try:
+        with safe_open(path, framework="pt") as weights:
+            state = {key: torch.empty(weights.get_slice(key).get_shape(), device="meta") for key in weights.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    cls._match_state_dict(model, state, source=str(path))  # raises ValueError naming the keys
+    return model.num_parameters()
+
+
+def _describe(class_name: str, config: Any, parameters: int, source: str) -> str:
+    lines = [f"{class_name} from {source}", f"parameters: {parameters:,}"]
+    if class_name == "LARPTokenizer":
+        lines += [
+            f"clip: {config.frame_num} frames of {config.input_size}x{config.input_size}, patches "
+            f"{config.temporal_patch_size}x{config.patch_size}x{config.patch_size} -> "
+            f"{config.num_patches} patch tokens",
+            f"tokens: {config.num_tokens} per clip, codebook {config.quantizer.codebook_size} x "
+            f"{config.quantizer.code_dim}" + (", nested (decodes any prefix)" if config.nested_dropout else ""),
+        ]
+    elif class_name == "LARPGenerator":
+        if config.frame_prediction:
+            kind = "frame prediction: continues a clip from the tokens of its condition (sample --condition)"
+        else:
+            null = " + the null class of classifier-free guidance" if config.has_null_class else ", no CFG"
+            kind = f"class-conditional: {config.num_classes} classes{null} (sample --class)"
+        lines += [
+            f"kind: {kind}",
+            f"architecture: {config.n_layer} layers, dim {config.dim}, {config.n_head} heads, "
+            f"FFN {config.ffn_hidden}",
+            f"tokens: {config.max_seq_len} per clip from a vocabulary of {config.vocab_size}",
+            f"tokenizer: one with num_tokens={config.max_seq_len} and quantizer.codebook_size={config.vocab_size}",
+        ]
+    lines += ["config:", json.dumps(config_to_dict(config), indent=2)]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ tokens
+def describe_token_cache(folder: Path) -> str:
+    """A token cache: rows per split, tokens per row, codebook, fingerprint and the settings that made it."""
+    from larp.training.token_cache import TokenRows, read_cache_settings, split_rows
+
+    settings = read_cache_settings(folder)
+    lines = [
+        f"token cache {folder} ({settings['format']} version {settings.get('version')})",
+        f"tokenizer: {settings.get('tokenizer')} "
+        f"(weights fingerprint {str(settings.get('tokenizer_fingerprint'))[:16]})",
+        f"tokens: {settings.get('num_tokens')} per row, codebook {settings.get('codebook_size')}, from clips of "
+        f"{settings.get('frames')} frames of {settings.get('size')}x{settings.get('size')}",
+    ]
+    for split in ("train", "val"):
+        rows = split_rows(folder / split)
+        if rows is None:
+            shards = len(list((folder / split).glob("*.labels.npy")))
+            lines.append(f"{split}: incomplete ({shards} shard(s) finished; the next build resumes it)")
+            continue
+        labels = TokenRows(folder / split).labels
+        known = sorted({int(label) for label in labels if label >= 0})
+        lines.append(f"{split}: {rows:,} rows, {len(known)} class label(s)"
+                     + (f", {int((labels < 0).sum()):,} unlabelled" if (labels < 0).any() else ""))
+    condition = settings.get("condition_frames")
+    if condition:
+        lines.append(f"kind: frame prediction (each row also holds the tokens of its first {condition} frames)")
+    else:
+        lines.append("kind: class-conditional (class labels)")
+    lines.append(f"clips: {settings.get('clips_per_video')} per video (clip_seed {settings.get('clip_seed')})"
+                 + (", each also mirrored" if settings.get("flip") else ""))
+    lines += ["data:", json.dumps(settings.get("data"), indent=2),
+              f"use: tokens.cache={folder} in a generator recipe with these data and token settings"]
+    return "\n".join(lines)
+
+
+def describe_token_files(folder: Path) -> str:
+    """A folder written by ``larp tokenize VIDEO ...``: one .npy of ids and a .json sidecar per video."""
+    sidecars = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            sidecar = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(sidecar, dict) and "num_tokens" in sidecar and path.with_suffix(".npy").is_file():
+            sidecars.append(sidecar)
+    if not sidecars:
+        raise ValueError(f"{folder} has .npy files but no `larp tokenize` sidecars (.json beside them): {EXPECTED}")
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(s.get(key)) for s in sidecars}))
+
+    return "\n".join([
+        f"token files {folder}: {len(sidecars)} video(s) tokenized by larp tokenize",
+        f"tokenizer: {values('model')}",
+        f"tokens: {values('num_tokens')} per video, codebook {values('codebook_size')}",
+        f"clips: {values('frames')} frames of {values('size')}x{values('size')}, stride {values('stride')}",
+        f"stochastic codes: {values('stochastic')}",
+    ])
