@@ -34,7 +34,9 @@ import torch
 from common import machine, peak_rss_mb, rss_mb, sync
 
 import larp
+from larp.precision import needs_grad_scaler, resolve_precision
 from larp.training import distributed as dist
+from larp.training.loop import reduce_metrics
 from larp.training.recipe import GeneratorTrainConfig, TokenizerTrainConfig, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,25 +52,25 @@ def _tokenizer_setup(recipe: TokenizerTrainConfig, info: dist.DistInfo, notes: l
     from larp.training import tokenizer_trainer as tt
 
     try:
-        state, _ = tt.build_state(recipe, info)
+        task = tt.TokenizerTask(recipe, info)
     except FileNotFoundError as error:  # no LPIPS weights here: measure without the perceptual loss
         notes.append(f"perceptual loss off (LPIPS weights not found: {str(error).splitlines()[0]})")
         recipe = dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, perceptual_weight=0.0))
-        state, _ = tt.build_state(recipe, info)
-    batches = [next(state.stream) for _ in range(2)]
-    state.stream = itertools.cycle(batches)
+        task = tt.TokenizerTask(recipe, info)
+    batches = [next(task.stream) for _ in range(2)]
+    task.stream = itertools.cycle(batches)
     # every loss term on: past the continuous warm-up and the prior delay + ramp, and the GAN start
     first = max(recipe.codebook.continuous_warmup + 1, recipe.prior.weight_delay + recipe.prior.weight_ramp,
                 recipe.loss.gan_start) + 1
     every = recipe.codebook.restart_every if recipe.codebook.dead_code_restart else 0
     if every:  # the steps to come must not hit a dead-code restart
         first = (first // every) * every + 1
-    state.step = first
-    params = sum(p.numel() for p in state.core.parameters())
-    if state.discriminator is not None:
-        params += sum(p.numel() for p in dist.unwrap(state.discriminator).parameters())
+    steps = itertools.count(first + 1)  # the step after `first`, as the bench always measured
+    params = sum(p.numel() for p in task.core.parameters())
+    if task.discriminator is not None:
+        params += sum(p.numel() for p in dist.unwrap(task.discriminator).parameters())
     frames = recipe.model
-    return (lambda: tt.train_step(state, recipe, info)), recipe.batch_size, params, {
+    return (lambda: reduce_metrics(task.train_step(next(steps)), info)), recipe.batch_size, params, {
         "model": f"tokenizer {frames.frame_num}x{frames.input_size}x{frames.input_size}, {frames.num_tokens} tokens",
         "precision": recipe.precision, "prior": recipe.prior.enabled, "gan": recipe.loss.gan.disc_weight > 0,
         "perceptual": recipe.loss.perceptual_weight > 0, "start_step": first,
@@ -80,24 +82,21 @@ def _generator_setup(recipe: GeneratorTrainConfig, info: dist.DistInfo, notes: l
     from larp.training import generator_trainer as gt
 
     torch.manual_seed(recipe.seed)
-    model = LARPGenerator(recipe.model).to(info.device).train()
-    opt = recipe.optim
-    optimizer = torch.optim.AdamW(gt.weight_decay_groups(model, opt.weight_decay), lr=opt.lr, betas=opt.betas,
-                                  fused=info.device.type == "cuda")
-    if recipe.compile:
-        model = torch.compile(model)
+    generator = LARPGenerator(recipe.model).to(info.device).train()
+    optimizer = gt.make_optimizer(generator, recipe, info.device)
+    model = torch.compile(generator) if recipe.compile else generator
     g = recipe.model
     rng = torch.Generator().manual_seed(0)
     batches = [{"tokens": torch.randint(0, g.vocab_size, (recipe.batch_size, g.max_seq_len), generator=rng),
                 "label": torch.randint(0, g.num_classes, (recipe.batch_size,), generator=rng)} for _ in range(2)]
-    state = gt.GeneratorTrainState(model=model, optimizer=optimizer,
-                                   scaler=torch.amp.GradScaler(info.device.type, enabled=gt._precision(recipe, info.device) == "fp16"),
-                                   stream=itertools.cycle(batches))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=needs_grad_scaler(recipe.precision, info.device))
+    task = gt.GeneratorTask(recipe, info, model=model, optimizer=optimizer, scaler=scaler, stream=itertools.cycle(batches))
+    steps = itertools.count(1)
     notes.append("token rows random (the cached-token path of train_step; no tokenizer in the loop)")
-    params = sum(p.numel() for p in model.parameters())
-    return (lambda: gt.train_step(state, recipe, None, info)), recipe.batch_size, params, {
+    params = sum(p.numel() for p in generator.parameters())
+    return (lambda: reduce_metrics(task.train_step(next(steps)), info)), recipe.batch_size, params, {
         "model": f"generator dim {g.dim}, {g.n_layer} layers, {g.max_seq_len} tokens, vocab {g.vocab_size}",
-        "precision": gt._precision(recipe, info.device),
+        "precision": resolve_precision(recipe.precision, info.device),
     }
 
 
@@ -122,7 +121,7 @@ def run_case(name: str, device: str, warmup: int, steps: int) -> dict:
     for _ in range(steps):
         sync(dev)
         start = time.perf_counter()
-        metrics = step()  # returns floats: one host sync per step
+        metrics = step()  # returns floats: one host sync per step (reduce_metrics), as a logged step
         sync(dev)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)

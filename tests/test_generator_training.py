@@ -86,7 +86,8 @@ def test_a_tiny_generator_lowers_its_loss_on_synthetic_tokens():
 def test_token_cache_rows_labels_and_reuse(tmp_path, tokenizer_dir):
     recipe = recipe_for(tokenizer_dir, tmp_path)
     tokenizer = larp.LARPTokenizer.from_pretrained(tokenizer_dir)
-    folder = build_token_cache(recipe, tokenizer, tmp_path / "cache", progress=False)
+    folder = build_token_cache(tokenizer, tmp_path / "cache", data=recipe.data, tokens=recipe.tokens,
+                               condition_frames=None, progress=False)
     train = TokenRows(folder / "train")
     assert len(train) == 2 * 48  # every clip and its mirror image
     rows = train.all()
@@ -102,11 +103,13 @@ def test_token_cache_rows_labels_and_reuse(tmp_path, tokenizer_dir):
     assert len(TokenRows(folder / "val")) == 8
 
     stamp = (folder / "train" / "00000.tokens.npy").stat().st_mtime_ns
-    build_token_cache(recipe, tokenizer, folder, progress=False)  # reused, not rebuilt
+    build_token_cache(tokenizer, folder, data=recipe.data, tokens=recipe.tokens, condition_frames=None,
+                      progress=False)  # reused, not rebuilt
     assert (folder / "train" / "00000.tokens.npy").stat().st_mtime_ns == stamp
     other = recipe_for(tokenizer_dir, tmp_path, "tokens.clips_per_video=2")
     with pytest.raises(ValueError, match="clips_per_video"):
-        build_token_cache(other, tokenizer, folder, progress=False)
+        build_token_cache(tokenizer, folder, data=other.data, tokens=other.tokens, condition_frames=None,
+                          progress=False)
 
 
 def test_on_the_fly_tokens_equal_encoding_and_labels_are_required(tmp_path, tokenizer_dir):
@@ -121,6 +124,19 @@ def test_on_the_fly_tokens_equal_encoding_and_labels_are_required(tmp_path, toke
     tokens, cond = encode_clips(tokenizer, video, condition_frames=5)
     expected = torch.cat([video[:, :, :5], video[:, :, 4:5].expand(-1, -1, 11, -1, -1)], dim=2)
     assert torch.equal(cond, tokenizer.encode(expected)) and fp.condition_frames == 5
+
+
+def test_token_rows_and_labels_out_of_range_are_clear_errors(tmp_path, tokenizer_dir):
+    recipe = recipe_for(tokenizer_dir, tmp_path)  # vocabulary 64, 4 classes
+    cpu = torch.device("cpu")
+    rows = torch.randint(0, 64, (2, 16))
+    tokens, labels = batch_tokens({"tokens": rows, "label": torch.tensor([3, 0])}, None, recipe, cpu)
+    assert torch.equal(tokens, rows) and labels.tolist() == [3, 0]
+    with pytest.raises(ValueError, match=r"token rows hold values in \[\d+, 64\], outside \[0, 64\)"):
+        batch_tokens({"tokens": torch.cat([rows[:1], torch.full((1, 16), 64)]), "label": torch.tensor([0, 1])},
+                     None, recipe, cpu)
+    with pytest.raises(ValueError, match=r"class labels hold values in \[0, 4\].*model.num_classes"):
+        batch_tokens({"tokens": rows, "label": torch.tensor([0, 4])}, None, recipe, cpu)
 
 
 def test_generator_must_match_the_tokenizer(tmp_path, tokenizer_dir):
@@ -162,7 +178,7 @@ def test_cli_trains_then_samples(tmp_path, tokenizer_dir, capsys):
     recipe = recipe_for(tokenizer_dir, tmp_path, "steps=2")
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(larp.config.config_to_dict(recipe)))
-    assert main(["-q", "train-generator", "--config", str(path), "--run-dir", str(tmp_path / "run"), "seed=1"]) == 0
+    assert main(["-q", "train-generator", "--config", str(path), "--run-dir", str(tmp_path / "run"), "--set", "seed=1"]) == 0
     assert "generator written to" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["seed"] == 1
     out = tmp_path / "samples"
@@ -182,7 +198,7 @@ def test_tokenize_manifest_builds_the_cache_a_recipe_reuses(tmp_path, tokenizer_
             (tmp_path / "videos" / name).mkdir(parents=True, exist_ok=True)
             write_video(tmp_path / "videos" / name / f"{i}.mp4", torch.rand(3, 18, 32, 32) * 0.5 + 0.25 * label, fps=8)
     cache = tmp_path / "cache"
-    assert main(["-q", "tokenize", "--manifest", str(tmp_path / "videos"), "--val-videos", "2", "--tokenizer",
+    assert main(["-q", "tokenize", "--manifest", str(tmp_path / "videos"), "--set", "data.val_videos=2", "--tokenizer",
                  str(tokenizer_dir), "-o", str(cache)]) == 0
     assert "12 training rows, 2 validation rows" in capsys.readouterr().out
     stamp = (cache / "train" / "00000.tokens.npy").stat().st_mtime_ns

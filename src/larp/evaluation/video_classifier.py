@@ -30,6 +30,8 @@ from torch import nn
 
 from larp.hub import PretrainedMixin
 from larp.models.layers import check_unit_range
+from larp.training.distributed import DistInfo
+from larp.training.loop import Cadence, Trainer
 
 __all__ = [
     "VIDEO_CLASSIFIER_PRESETS",
@@ -478,34 +480,57 @@ def train_video_classifier(
     )
     warmup = max(1, min(20, steps // 10))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, steps, warmup))
-
-    batches = _batch_stream(data, batch_size, generator)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="video classifier", unit="step")
-    try:
-        for _ in range(steps):
-            videos, labels = next(batches)
-            if labels.min() < 0 or labels.max() >= config.num_classes:
-                raise ValueError(
-                    f"labels must be in [0, {config.num_classes}), got values in [{labels.min()}, {labels.max()}]"
-                )
-            videos = videos.to(device=device, dtype=torch.float32)
-            labels = labels.to(device)
-            if augmentation:
-                videos = augment(videos, generator)
-            loss = F.cross_entropy(model(videos), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    finally:
-        if bar is not None:
-            bar.close()
+    task = _ClassifierTask(model, optimizer, scheduler, _batch_stream(data, batch_size, generator), generator,
+                           augmentation=augmentation, batch_size=batch_size)
+    # the shared loop without a run folder: stepping and the progress bar; nothing written, no global RNG drawn
+    info = DistInfo(rank=0, local_rank=0, world_size=1, device=device)
+    Trainer(task, Cadence(steps, log_every=10), info, progress=progress).fit()
     model.source = f"train_video_classifier(steps={steps}, lr={lr:g}, batch_size={batch_size}, seed={seed})"
     return model.eval()
+
+
+class _ClassifierTask:
+    """The classifier's training step for :class:`larp.training.loop.Trainer` (AdamW, warmup + cosine,
+    augmentation); it has no validation, samples or export."""
+
+    name, unit = "video classifier", "clips"
+    progress_keys = ("loss",)
+    export_dir = None
+
+    def __init__(self, model: VideoClassifier, optimizer: torch.optim.Optimizer, scheduler, batches: Iterator,
+                 generator: torch.Generator, *, augmentation: bool, batch_size: int):
+        self.model, self.optimizer, self.scheduler, self.batches = model, optimizer, scheduler, batches
+        self.generator, self.augmentation, self.items_per_step = generator, augmentation, batch_size
+
+    def train_step(self, step: int) -> dict[str, torch.Tensor]:
+        videos, labels = next(self.batches)
+        num_classes = self.model.config.num_classes
+        if labels.min() < 0 or labels.max() >= num_classes:  # labels are still on the CPU: no device sync
+            raise ValueError(
+                f"labels must be in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]"
+            )
+        videos = videos.to(device=self.model.device, dtype=torch.float32)
+        labels = labels.to(self.model.device)
+        if self.augmentation:
+            videos = augment(videos, self.generator)
+        loss = F.cross_entropy(self.model(videos), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss.detach()}
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        return {}
+
+    def write_samples(self, step: int) -> None:
+        pass
+
+    def export(self) -> None:
+        pass
+
+    def weights(self) -> dict[str, Any]:
+        return {"classifier": self.model}
+
+    def training_state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "scheduler": self.scheduler}

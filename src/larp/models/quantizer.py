@@ -6,10 +6,15 @@ Both the latents and the codebook are L2-normalised, so codes are chosen by cosi
 deterministically by argmax, or stochastically by sampling from softmax(cos / temperature) (SVQ, the
 paper's default for training, temperature 0.03). The quantized vectors pass gradients straight through
 to the encoder; the codebook learns only from the codebook loss.
+
+Codebook care (beyond the paper, for small runs): :meth:`VectorQuantizer.init_from_latents` and
+:meth:`VectorQuantizer.restart_dead_codes`. Under data parallelism the caller passes ``reduce_fn`` (sum over
+processes) and ``broadcast_fn`` (process 0's values to all); this module never imports torch.distributed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +53,10 @@ class QuantizerOutput:
     codebook: torch.Tensor
 
 
+def _identity(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 class VectorQuantizer(nn.Module):
     """Cosine-similarity VQ with an L2-normalised codebook (the official ``SimpleVectorQuantizer``).
 
@@ -75,6 +84,61 @@ class VectorQuantizer(nn.Module):
     def indices_to_codes(self, indices: torch.Tensor) -> torch.Tensor:
         """(b, n) int ids -> (b, n, c) float32 unit-norm code vectors."""
         return F.normalize(self.embedding(indices).float(), dim=-1)
+
+    # ------------------------------------------------------------------ codebook care
+    @torch.no_grad()
+    def init_from_latents(
+        self, z: torch.Tensor, *, noise: float = 0.01,
+        broadcast_fn: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    ) -> None:
+        """Set every code to a latent of ``z`` drawn at random (with replacement), plus a little noise, so
+        that codes start where the data is.
+
+        Args:
+            z: (..., c) latents (any scale: they are normalised here, as in :meth:`forward`).
+            noise: std of the Gaussian noise added before normalising, so that codes drawn from the same
+                latent differ.
+            broadcast_fn: makes the new codebook (K, c) identical in every process (process 0's draws).
+        """
+        new = self._draw_codes(z, self.config.codebook_size, noise)
+        self.embedding.weight.copy_(broadcast_fn(new.contiguous()))
+
+    @torch.no_grad()
+    def restart_dead_codes(
+        self, z: torch.Tensor, counts: torch.Tensor, *, threshold: float, noise: float = 0.01,
+        reduce_fn: Callable[[torch.Tensor], torch.Tensor] = _identity,
+        broadcast_fn: Callable[[torch.Tensor], torch.Tensor] = _identity,
+    ) -> torch.Tensor:
+        """Move rarely used codes to recent latents; live codes are left untouched.
+
+        A code is dead when its count is below ``threshold`` times the mean count. The new codes are unit
+        vectors near latents of ``z`` drawn at random: the codebook is compared by cosine, so a unit vector
+        near a live latent is all a restart needs. Runs without a host sync (no data-dependent shapes).
+
+        Args:
+            z: (..., c) recent latents.
+            counts: (K,) how often each code was chosen since the last restart (this process).
+            threshold: share of the mean count under which a code is dead.
+            reduce_fn: sums ``counts`` over processes, so that every process finds the same dead codes.
+            broadcast_fn: makes the new codebook identical in every process (process 0's draws).
+
+        Returns:
+            (K,) bool mask of the restarted codes.
+        """
+        counts = reduce_fn(counts.float().clone())
+        dead = counts < threshold * counts.sum() / counts.numel()
+        candidates = self._draw_codes(z, self.config.codebook_size, noise)
+        weight = self.embedding.weight
+        new = torch.where(dead[:, None], candidates.to(weight.dtype), weight)
+        weight.copy_(broadcast_fn(new.contiguous()))
+        return dead
+
+    @staticmethod
+    def _draw_codes(z: torch.Tensor, number: int, noise: float) -> torch.Tensor:
+        """(number, c) unit vectors: latents of ``z`` (..., c) drawn with replacement, plus noise."""
+        pool = F.normalize(z.detach().reshape(-1, z.shape[-1]).float(), dim=-1)
+        picks = pool[torch.randint(0, pool.shape[0], (number,), device=pool.device)]
+        return F.normalize(picks + noise * torch.randn_like(picks), dim=-1)
 
     def forward(
         self,

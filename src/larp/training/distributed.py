@@ -7,8 +7,11 @@ rendezvous (``--nnodes``, ``--rdzv-endpoint``) with nothing to change here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ContextManager
 
 import torch
 import torch.distributed as dist
@@ -62,6 +65,26 @@ def unwrap(module: nn.Module) -> nn.Module:
     module = getattr(module, "_orig_mod", module)  # torch.compile
     module = getattr(module, "module", module)  # DDP
     return getattr(module, "_orig_mod", module)
+
+
+def no_sync(model: nn.Module, skip: bool) -> ContextManager:
+    """DDP's ``no_sync()`` (gradients accumulate locally, no all-reduce) when ``skip`` and ``model`` is DDP,
+    looking through a ``torch.compile`` wrapper (whose ``no_sync`` attribute lookup would not reach DDP's
+    in every torch version); a no-op otherwise."""
+    ddp = getattr(model, "_orig_mod", model)
+    if skip and isinstance(ddp, DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
+
+
+def sum_fn(info: DistInfo) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tensor -> sum over processes``, for code that must not import torch.distributed (the quantizer)."""
+    return lambda tensor: all_reduce_sum(tensor, info)
+
+
+def broadcast_fn(info: DistInfo, src: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``tensor -> rank src's tensor`` (in place), for code that must not import torch.distributed."""
+    return lambda tensor: broadcast_(tensor, info, src)
 
 
 def all_reduce_mean(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -4,16 +4,15 @@ prediction).
 One step: take a batch of token rows (from the token cache) or of clips (encoded on the fly by the frozen
 tokenizer in deterministic mode, the official way); teacher-forced logits of the generator under autocast;
 mean token cross-entropy; AdamW with weight decay on ``nn.Linear`` weights only; warmup + cosine. Class
-dropout for classifier-free guidance happens inside the model in training mode. All state is checkpointed,
-so a killed run resumes where it stopped; under torchrun the generator is DDP-wrapped.
+dropout for classifier-free guidance happens inside the model in training mode. :class:`GeneratorTask`
+supplies these functions to the shared loop (:mod:`larp.training.loop`); under torchrun the generator is
+DDP-wrapped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +20,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from larp.data.video_io import make_grid, write_video
 from larp.models.generator import LARPGenerator, check_matches_tokenizer
 from larp.models.tokenizer import LARPTokenizer
-from larp.training import checkpoint as ckpt
+from larp.precision import autocast, needs_grad_scaler, resolve_precision
 from larp.training import distributed as dist
 from larp.training.data import TrainStream, build_datasets
+from larp.training.loop import Cadence, Metrics, Stateful, Trainer, micro_batches, optimizer_step
 from larp.training.optim import lr_multiplier, set_lr
 from larp.training.recipe import GeneratorTrainConfig
-from larp.training.run_dir import MetricsWriter, prepare_run_dir, restore_rng, save_run_checkpoint, truncate_metrics
-from larp.training.token_cache import TokenRows, build_token_cache, encode_clips, tokenizer_precision
+from larp.training.run_dir import prepare_run_dir
+from larp.training.token_cache import TokenRows, build_token_cache, encode_clips
 
 logger = logging.getLogger(__name__)
-
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class GeneratorTrainState:
-    """Everything a generator run needs besides its recipe and the frozen tokenizer; checkpointed whole."""
-
-    model: nn.Module  # LARPGenerator, DDP-wrapped when distributed (and compiled when asked)
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    stream: TrainStream
-    step: int = 0
-
-    @property
-    def core(self) -> LARPGenerator:
-        return dist.unwrap(self.model)
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -77,6 +59,7 @@ def load_frozen_tokenizer(recipe: GeneratorTrainConfig, device: torch.device) ->
     return tokenizer
 
 
+
 def _check_data(recipe: GeneratorTrainConfig) -> None:
     data = recipe.data
     if recipe.model.frame_prediction or data.manifest is not None:
@@ -90,15 +73,24 @@ def _check_data(recipe: GeneratorTrainConfig) -> None:
                          f"no class (a flipped down-right clip moves down-left): set data.random_flip false")
 
 
-def build_state(
-    recipe: GeneratorTrainConfig, tokenizer: LARPTokenizer, info: dist.DistInfo, *, progress: bool
-) -> tuple[GeneratorTrainState, dict[str, torch.Tensor]]:
-    """Generator, optimizer and token stream for a fresh run, and the validation tokens."""
+def make_optimizer(generator: LARPGenerator, recipe: GeneratorTrainConfig, device: torch.device) -> torch.optim.AdamW:
+    opt = recipe.optim
+    return torch.optim.AdamW(weight_decay_groups(generator, opt.weight_decay), lr=opt.lr, betas=opt.betas,
+                             fused=device.type == "cuda")
+
+
+def build_generator_task(
+    recipe: GeneratorTrainConfig, tokenizer: LARPTokenizer, info: dist.DistInfo, run_dir: Path | None = None,
+    *, progress: bool = False,
+) -> GeneratorTask:
+    """Generator, optimizer, token stream and validation tokens of a fresh run (weights random, step 0)."""
     _check_data(recipe)
+    frame_prediction = recipe.model.frame_prediction
     if recipe.tokens.cache is not None:
         cache = Path(recipe.tokens.cache)
         if info.is_main:  # one process builds (or checks) the cache, the others wait and read it
-            build_token_cache(recipe, tokenizer, cache, progress=progress)
+            build_token_cache(tokenizer, cache, data=recipe.data, tokens=recipe.tokens,
+                              condition_frames=recipe.condition_frames if frame_prediction else None, progress=progress)
         dist.barrier(info)
         train, flip = TokenRows(cache / "train"), False
         val = TokenRows(cache / "val").all()
@@ -109,23 +101,21 @@ def build_state(
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     generator = LARPGenerator(recipe.model).to(info.device).train()
-    opt = recipe.optim
-    optimizer = torch.optim.AdamW(weight_decay_groups(generator, opt.weight_decay), lr=opt.lr, betas=opt.betas,
-                                  fused=info.device.type == "cuda")
+    optimizer = make_optimizer(generator, recipe, info.device)
     model = dist.wrap(generator, info)
     if recipe.compile:
         model = torch.compile(model)
     stream = TrainStream(train, batch_size=recipe.batch_size, seed=recipe.seed, rank=info.rank,
                          world_size=info.world_size, num_workers=recipe.data.num_workers, flip=flip)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=_precision(recipe, info.device) == "fp16")
-    return GeneratorTrainState(model=model, optimizer=optimizer, scaler=scaler, stream=stream), val
+    scaler = torch.amp.GradScaler(info.device.type, enabled=needs_grad_scaler(recipe.precision, info.device))
+    return GeneratorTask(recipe, info, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
+                         tokenizer=tokenizer, val=val, run_dir=run_dir)
 
 
 @torch.no_grad()
 def _encode_dataset(dataset, tokenizer: LARPTokenizer, recipe: GeneratorTrainConfig) -> dict[str, torch.Tensor]:
     """Validation tokens of a (small) clip dataset, in memory."""
     cond_frames = recipe.condition_frames if recipe.model.frame_prediction else None
-    precision = tokenizer_precision(recipe.tokens.precision, tokenizer.device)
     tokens, conds, labels = [], [], []
     batch_size = recipe.tokens.encode_batch_size
     for first in range(0, len(dataset), batch_size):
@@ -133,7 +123,7 @@ def _encode_dataset(dataset, tokenizer: LARPTokenizer, recipe: GeneratorTrainCon
         items = [item for item in items if item is not None]
         if not items:
             continue
-        ids, cond = encode_clips(tokenizer, torch.stack([i["video"] for i in items]), precision=precision,
+        ids, cond = encode_clips(tokenizer, torch.stack([i["video"] for i in items]), precision=recipe.tokens.precision,
                                  condition_frames=cond_frames)
         tokens.append(ids.cpu())
         labels.append(torch.tensor([i["label"] for i in items]))
@@ -148,28 +138,26 @@ def _encode_dataset(dataset, tokenizer: LARPTokenizer, recipe: GeneratorTrainCon
 
 
 # ------------------------------------------------------------------------------------------ one step
-def _precision(recipe: GeneratorTrainConfig, device: torch.device) -> str:
-    return tokenizer_precision(recipe.precision, device)  # the same rule: auto = bf16 on CUDA, fp32 elsewhere
-
-
-def _autocast(recipe: GeneratorTrainConfig, device: torch.device):
-    precision = _precision(recipe, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP[precision])
-
-
 def batch_tokens(
-    batch: dict[str, Any], tokenizer: LARPTokenizer, recipe: GeneratorTrainConfig, device: torch.device
+    batch: dict[str, Any], tokenizer: LARPTokenizer | None, recipe: GeneratorTrainConfig, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (b, N), cond) of a batch of cached rows or of clips; cond is class ids (b,) or condition
-    tokens (b, N)."""
-    frame_prediction = recipe.model.frame_prediction
+    """(tokens (b, N), cond) of a batch of cached rows or of clips, on ``device``; cond is class ids (b,) or
+    condition tokens (b, N).
+
+    Value ranges are checked here, on the CPU copies the data arrives as (no device sync): token rows against
+    the vocabulary, class ids against ``num_classes``. Tokens encoded on the fly come from the matching
+    tokenizer and are in range by construction. The generator can then run without its own value check.
+    """
+    model = recipe.model
+    frame_prediction = model.frame_prediction
     if "tokens" in batch:
-        tokens = batch["tokens"].to(device, non_blocking=True)
-        cond = batch.get("cond")
+        tokens, cond = batch["tokens"], batch.get("cond")
+        _check_range("token rows", tokens, model.vocab_size, "was the token cache made with another tokenizer?")
+        if frame_prediction:
+            _check_range("condition rows", cond, model.vocab_size, "was the token cache made with another tokenizer?")
+        tokens = tokens.to(device, non_blocking=True)
     else:
-        tokens, cond = encode_clips(tokenizer, batch["video"], precision=tokenizer_precision(recipe.tokens.precision, device),
+        tokens, cond = encode_clips(tokenizer, batch["video"], precision=recipe.tokens.precision,
                                     condition_frames=recipe.condition_frames if frame_prediction else None)
     if frame_prediction:
         return tokens, cond.to(device, non_blocking=True)
@@ -177,7 +165,14 @@ def batch_tokens(
     if bool((labels < 0).any()):
         raise ValueError("a class-conditional generator needs a class label for every clip: the data has clips "
                          "without one (label -1); use a manifest with labels or folders per class")
+    _check_range("class labels", labels, model.num_classes, "set model.num_classes to the data's number of classes")
     return tokens, labels.to(device, non_blocking=True)
+
+
+def _check_range(name: str, values: torch.Tensor, high: int, hint: str) -> None:
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= high:
+        raise ValueError(f"the {name} hold values in [{lo}, {hi}], outside [0, {high}): {hint}")
 
 
 def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -189,106 +184,128 @@ def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch
     return {"loss": loss, "top1": hits[..., 0].float().mean(), "top5": hits.any(-1).float().mean()}
 
 
-def train_step(state: GeneratorTrainState, recipe: GeneratorTrainConfig, tokenizer: LARPTokenizer,
-               info: dist.DistInfo) -> dict[str, float]:
-    state.step += 1
-    mult = lr_multiplier(state.step, recipe.optim.warmup_steps, recipe.steps, recipe.optim.min_lr_mult)
-    set_lr(state.optimizer, recipe.optim.lr, mult)
-    state.optimizer.zero_grad(set_to_none=True)
-    accumulation = recipe.optim.accumulation
-    totals: dict[str, torch.Tensor] = {}
-    for micro in range(accumulation):
-        tokens, cond = batch_tokens(next(state.stream), tokenizer, recipe, info.device)
-        # DDP averages gradients on the last micro-batch only
-        ddp = getattr(state.model, "_orig_mod", state.model)
-        quiet = micro < accumulation - 1 and hasattr(ddp, "no_sync")
-        with (ddp.no_sync() if quiet else contextlib.nullcontext()), _autocast(recipe, info.device):
-            logits = state.model(tokens, cond)
-        terms = token_metrics(logits, tokens)
-        state.scaler.scale(terms["loss"] / accumulation).backward()
-        for name, value in terms.items():
-            totals[name] = totals.get(name, 0) + value.detach() / accumulation
-    if recipe.optim.grad_clip > 0:
-        state.scaler.unscale_(state.optimizer)
-        totals["grad_norm"] = torch.nn.utils.clip_grad_norm_(state.model.parameters(), recipe.optim.grad_clip)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    names = sorted(totals)
-    reduced = dist.all_reduce_mean(torch.stack([totals[k].float() for k in names]), info)
-    metrics = dict(zip(names, reduced.tolist()))  # one host sync per step
-    metrics["lr"] = recipe.optim.lr * mult
-    return metrics
+# ------------------------------------------------------------------------------------------ the task
+class GeneratorTask:
+    """A generator run's model, optimizer and token stream (the tokenizer is frozen and not checkpointed),
+    and its step, validation, samples and export."""
 
+    name, unit = "train-generator", "sequences"
+    progress_keys = ("loss", "top1")
 
-# ------------------------------------------------------------------------------------------ validation
-@torch.no_grad()
-def evaluate(state: GeneratorTrainState, recipe: GeneratorTrainConfig, val: dict[str, torch.Tensor],
-             device: torch.device) -> dict[str, float]:
-    """Teacher-forced loss and top-1/top-5 accuracy on the validation tokens (class dropout off)."""
-    model = state.core
-    was_training = model.training
-    model.eval()
-    sums, count = {"loss": 0.0, "top1": 0.0, "top5": 0.0}, 0
-    for first in range(0, val["tokens"].shape[0], recipe.batch_size):
-        tokens = val["tokens"][first : first + recipe.batch_size].to(device)
-        cond = (val["cond"] if recipe.model.frame_prediction else val["label"])[first : first + recipe.batch_size].to(device)
-        with _autocast(recipe, device):
-            terms = token_metrics(model(tokens, cond), tokens)
-        for name in sums:
-            sums[name] += terms[name].item() * tokens.shape[0]
-        count += tokens.shape[0]
-    model.train(was_training)
-    return {f"val_{name}": value / count for name, value in sums.items()}
+    def __init__(
+        self,
+        recipe: GeneratorTrainConfig,
+        info: dist.DistInfo,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        stream: TrainStream | Iterator[dict[str, Any]],
+        tokenizer: LARPTokenizer | None = None,
+        val: dict[str, torch.Tensor] | None = None,
+        run_dir: Path | None = None,
+    ):
+        """
+        Args:
+            model: the LARPGenerator, DDP-wrapped when distributed (and compiled when asked).
+            stream: batches of token rows (``tokens``, ``label`` or ``cond``) or of clips (``video``, ``label``).
+            tokenizer: encodes clip batches on the fly, decodes samples; None when the stream holds tokens
+                and no samples are written.
+            val: validation tokens (``tokens``, ``label`` or ``cond``) for :meth:`evaluate`.
+        """
+        self.recipe, self.info, self.run_dir = recipe, info, run_dir
+        self.model, self.optimizer, self.scaler, self.stream = model, optimizer, scaler, stream
+        self.tokenizer, self.val = tokenizer, val
+        self.items_per_step = recipe.batch_size * recipe.optim.accumulation
+        self.export_dir = run_dir / "generator" if run_dir is not None else None
 
+    @property
+    def core(self) -> LARPGenerator:
+        return dist.unwrap(self.model)
 
-@torch.no_grad()
-def write_samples(state: GeneratorTrainState, recipe: GeneratorTrainConfig, tokenizer: LARPTokenizer,
-                  val: dict[str, torch.Tensor], run_dir: Path, device: torch.device) -> Path:
-    """Decoded samples as a gif/mp4 grid. Class-conditional: one row per class. Frame prediction: the
-    tokenizer's reconstruction of validation clips (top row) and the predictions from their first frames."""
-    model, s = state.core, recipe.sampling
-    was_training = model.training
-    model.eval()
-    rng = torch.Generator(device).manual_seed(recipe.seed)  # the same draws at every step: comparable grids
-    options = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=rng)
-    with _autocast(recipe, device):
-        if recipe.model.frame_prediction:
-            count = min(s.classes * s.per_class, val["tokens"].shape[0])
-            ids = model.generate(val["cond"][:count].to(device), **options)
-            ids, per_row = torch.cat([val["tokens"][:count].to(device), ids]), count
-        else:
-            classes = min(recipe.model.num_classes, s.classes)
-            cond = torch.arange(classes, device=device).repeat_interleave(s.per_class)
-            cfg = s.cfg_scale if recipe.model.has_null_class else 1.0
-            ids, per_row = model.generate(cond, cfg_scale=cfg, **options), s.per_class
-        videos = tokenizer.decode(ids, clamp=True).float().cpu()
-    model.train(was_training)
-    folder = run_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{state.step:08d}.gif"
-    grid = make_grid(videos, nrow=per_row)
-    write_video(path, grid, fps=8)
-    write_video(path.with_suffix(".mp4"), grid, fps=8)
-    np.save(path.with_suffix(".npy"), ids.cpu().numpy())
-    return path
+    def weights(self) -> dict[str, Stateful]:
+        return {"generator": self.core}
 
+    def training_state(self) -> dict[str, Stateful]:
+        return {"optimizer": self.optimizer, "scaler": self.scaler, "stream": self.stream}
 
-# ------------------------------------------------------------------------------------------ checkpoints
-def save_state(run_dir: Path, state: GeneratorTrainState, recipe: GeneratorTrainConfig, info: dist.DistInfo) -> None:
-    extra = {"optimizer": state.optimizer.state_dict(), "scaler": state.scaler.state_dict(),
-             "stream": state.stream.state_dict()}
-    weights = {"generator": state.core.state_dict()} if info.is_main else {}
-    save_run_checkpoint(run_dir, state.step, weights, extra, info, recipe.keep_checkpoints)
+    def train_step(self, step: int) -> Metrics:
+        """One optimizer step of ``optim.accumulation`` micro-batches; metrics of this process as tensors."""
+        recipe, device = self.recipe, self.info.device
+        mult = lr_multiplier(step, recipe.optim.warmup_steps, recipe.steps, recipe.optim.min_lr_mult)
+        set_lr(self.optimizer, recipe.optim.lr, mult)
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulation = recipe.optim.accumulation
+        metrics: Metrics = {}
+        for _, sync in micro_batches(self.model, accumulation):
+            tokens, cond = batch_tokens(next(self.stream), self.tokenizer, recipe, device)
+            with sync:
+                with autocast(recipe.precision, device):
+                    logits = self.model(tokens, cond, check_values=False)  # checked in batch_tokens, no sync
+                terms = token_metrics(logits, tokens)
+                self.scaler.scale(terms["loss"] / accumulation).backward()
+            for name, value in terms.items():
+                metrics[name] = metrics.get(name, 0) + value.detach() / accumulation
+        norm = optimizer_step(self.optimizer, self.scaler, self.model.parameters(), recipe.optim.grad_clip)
+        if norm is not None:
+            metrics["grad_norm"] = norm
+        metrics["lr"] = recipe.optim.lr * mult
+        if isinstance(self.stream, TrainStream):  # not when a benchmark or test feeds fixed batches
+            metrics["skipped_videos"] = float(self.stream.skipped)
+        return metrics
 
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Teacher-forced loss and top-1/top-5 accuracy on the validation tokens (class dropout off)."""
+        recipe, device, model, val = self.recipe, self.info.device, self.core, self.val
+        was_training = model.training
+        model.eval()
+        sums, count = {"loss": 0.0, "top1": 0.0, "top5": 0.0}, 0
+        for first in range(0, val["tokens"].shape[0], recipe.batch_size):
+            tokens = val["tokens"][first : first + recipe.batch_size].to(device)
+            cond = (val["cond"] if recipe.model.frame_prediction else val["label"])[first : first + recipe.batch_size].to(device)
+            with autocast(recipe.precision, device):
+                terms = token_metrics(model(tokens, cond), tokens)
+            for name in sums:
+                sums[name] = sums[name] + terms[name] * tokens.shape[0]
+            count += tokens.shape[0]
+        model.train(was_training)
+        return {f"val_{name}": float(value) / count for name, value in sums.items()}
 
-def restore_state(folder: Path, state: GeneratorTrainState, info: dist.DistInfo) -> None:
-    weights, extra = ckpt.load_checkpoint(folder)
-    state.core.load_state_dict(weights["generator"])
-    state.optimizer.load_state_dict(extra["optimizer"])
-    state.scaler.load_state_dict(extra["scaler"])
-    state.stream.load_state_dict(extra["stream"])
-    state.step = int(extra["step"])
-    restore_rng(extra, info)
+    @torch.no_grad()
+    def write_samples(self, step: int) -> Path:
+        """Decoded samples as a gif/mp4 grid. Class-conditional: one row per class. Frame prediction: the
+        tokenizer's reconstruction of validation clips (top row) and the predictions from their first frames."""
+        recipe, device, model, val, s = self.recipe, self.info.device, self.core, self.val, self.recipe.sampling
+        was_training = model.training
+        model.eval()
+        rng = torch.Generator(device).manual_seed(recipe.seed)  # the same draws at every step: comparable grids
+        options = dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=rng)
+        with autocast(recipe.precision, device):
+            if recipe.model.frame_prediction:
+                count = min(s.classes * s.per_class, val["tokens"].shape[0])
+                ids = model.generate(val["cond"][:count].to(device), **options)
+                ids, per_row = torch.cat([val["tokens"][:count].to(device), ids]), count
+            else:
+                classes = min(recipe.model.num_classes, s.classes)
+                cond = torch.arange(classes, device=device).repeat_interleave(s.per_class)
+                cfg = s.cfg_scale if recipe.model.has_null_class else 1.0
+                ids, per_row = model.generate(cond, cfg_scale=cfg, **options), s.per_class
+            videos = self.tokenizer.decode(ids, clamp=True).float().cpu()
+        model.train(was_training)
+        folder = self.run_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{step:08d}.gif"
+        grid = make_grid(videos, nrow=per_row)
+        write_video(path, grid, fps=8)
+        write_video(path.with_suffix(".mp4"), grid, fps=8)
+        np.save(path.with_suffix(".npy"), ids.cpu().numpy())
+        return path
+
+    def export(self) -> None:
+        """The final generator in the official layout (``save_pretrained(official_format=True)``)."""
+        self.core.save_pretrained(self.export_dir, official_format=True)
+        logger.info("exported the generator to %s", self.export_dir)
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -305,7 +322,7 @@ def train_generator(
 
     Args:
         run_dir: the run's folder: recipe.yaml, metrics.jsonl, checkpoints/, samples/, generator/.
-        resume: continue from the newest checkpoint in ``run_dir``.
+        resume: continue from the newest readable checkpoint in ``run_dir``.
         stop_after: stop (with a checkpoint) after this global step, as if killed; for tests.
 
     Returns:
@@ -313,61 +330,22 @@ def train_generator(
     """
     run_dir = Path(run_dir)
     info = dist.init_distributed(device)
+    lock = None
     try:
-        prepare_run_dir(run_dir, recipe, resume, info)
+        lock = prepare_run_dir(run_dir, recipe, resume, info)
         dist.barrier(info)
         tokenizer = load_frozen_tokenizer(recipe, info.device)
-        state, val = build_state(recipe, tokenizer, info, progress=progress and info.is_main)
-        latest = ckpt.latest_checkpoint(run_dir) if resume else None
-        if latest is not None:
-            restore_state(latest, state, info)
-            if info.is_main:
-                truncate_metrics(run_dir / "metrics.jsonl", state.step)
-            logger.info("resumed %s at step %d", run_dir, state.step)
-        else:
-            torch.manual_seed(recipe.seed + info.rank)  # per-rank streams of randomness from here on
+        task = build_generator_task(recipe, tokenizer, info, run_dir, progress=progress and info.is_main)
+        trainer = Trainer(task, Cadence.of(recipe), info, run_dir=run_dir, progress=progress)
+        trainer.start(resume=resume, seed=recipe.seed)
         if info.is_main:
             logger.info("generator %s parameters; %d steps of %d sequences x %d process(es) on %s, %s; tokens %s",
-                        f"{state.core.num_parameters():,}", recipe.steps, recipe.batch_size * recipe.optim.accumulation,
-                        info.world_size, info.device, _precision(recipe, info.device),
+                        f"{task.core.num_parameters():,}", recipe.steps, task.items_per_step, info.world_size,
+                        info.device, resolve_precision(recipe.precision, info.device),
                         f"from the cache {recipe.tokens.cache}" if recipe.tokens.cache else "encoded on the fly")
-        _loop(state, recipe, tokenizer, val, run_dir, info, progress=progress, stop_after=stop_after)
-        folder = run_dir / "generator"
-        if state.step >= recipe.steps and info.is_main:
-            state.core.save_pretrained(folder, official_format=True)
-            logger.info("exported the generator to %s", folder)
-        dist.barrier(info)
-        return folder
+        trainer.fit(stop_after)
+        return trainer.export()
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup(info)
-
-
-def _loop(state: GeneratorTrainState, recipe: GeneratorTrainConfig, tokenizer: LARPTokenizer, val: dict,
-          run_dir: Path, info: dist.DistInfo, *, progress: bool, stop_after: int | None) -> None:
-    writer = MetricsWriter(run_dir, recipe.tensorboard) if info.is_main else None
-    bar = tqdm(total=recipe.steps, initial=state.step, desc="train-generator", unit="step",
-               disable=not (progress and info.is_main), dynamic_ncols=True)
-    sequences_per_step = recipe.batch_size * recipe.optim.accumulation * info.world_size
-    started, first_step = time.perf_counter(), state.step
-    while state.step < recipe.steps:
-        metrics = train_step(state, recipe, tokenizer, info)
-        bar.update(1)
-        metrics["sequences_per_s"] = sequences_per_step * (state.step - first_step) / max(time.perf_counter() - started, 1e-9)
-        last = state.step == recipe.steps
-        if info.is_main and (state.step % recipe.eval_every == 0 or last):
-            metrics.update(evaluate(state, recipe, val, info.device))
-        if info.is_main and (state.step % recipe.sample_every == 0 or last):
-            write_samples(state, recipe, tokenizer, val, run_dir, info.device)
-        if info.is_main and (state.step % recipe.log_every == 0 or last or "val_loss" in metrics):
-            writer.write(state.step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", top1=f"{metrics['top1']:.2f}",
-                            seq_s=f"{metrics['sequences_per_s']:.0f}")
-        done = last or (stop_after is not None and state.step >= stop_after)
-        if state.step % recipe.checkpoint_every == 0 or done:
-            save_state(run_dir, state, recipe, info)
-            dist.barrier(info)
-        if done:
-            break
-    bar.close()
-    if writer is not None:
-        writer.close()

@@ -2,41 +2,36 @@
 
 One step (LARP.md C.5): set the learning rates; run the generator (tokenizer + prior) forward; if the step
 is due, update the discriminator on the detached reconstructions; then the generator loss with the
-discriminator frozen, backward, optimizer step. The run is one process by default and DDP under torchrun;
-all state lives in ``TrainState`` and is checkpointed, so a killed run resumes where it stopped.
+discriminator frozen, backward, optimizer step. :class:`TokenizerTask` holds the models, optimizers and
+data and supplies these functions to the shared loop (:mod:`larp.training.loop`), which steps, logs,
+validates and checkpoints. The run is one process by default and DDP under torchrun.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from larp.config import config_to_dict
 from larp.data.video_io import make_grid, write_video
+from larp.evaluation.image_metrics import code_statistics, psnr
 from larp.losses.gan import LeCam, discriminator_objective, discriminator_step_due, generator_loss
 from larp.models.discriminator import DISCRIMINATOR_PRESETS, TransformerDiscriminator
 from larp.models.prior import LatentPrior, PriorOutput, prior_loss, scheduled_sampling_ratio
 from larp.models.tokenizer import LARPTokenizer, TokenizerOutput
-from larp.training import checkpoint as ckpt
+from larp.precision import autocast, needs_grad_scaler
 from larp.training import distributed as dist
 from larp.training.data import TrainStream, build_datasets
-from larp.training.optim import lr_multiplier, set_lr
+from larp.training.loop import EMA, Cadence, Metrics, Stateful, Trainer, micro_batches, optimizer_step
+from larp.training.optim import lr_multiplier, reset_optimizer_rows, set_lr
 from larp.training.recipe import TokenizerTrainConfig
-from larp.training.run_dir import MetricsWriter, prepare_run_dir, restore_rng, save_run_checkpoint, truncate_metrics
+from larp.training.run_dir import prepare_run_dir
 
 logger = logging.getLogger(__name__)
-
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -55,182 +50,55 @@ class TokenizerWithPrior(nn.Module):
         keep_tokens: torch.Tensor | None,
         ss_ratio: float,
         bypass_quantization: bool,
-        recipe: TokenizerTrainConfig,
         use_prior: bool = True,
+        prior_rounds: int = 2,
+        prior_temperature: float = 1.0,
+        average_rounds: bool = True,
     ) -> tuple[TokenizerOutput, PriorOutput | None]:
+        """Reconstruct ``video`` (b, c, t, h, w) and, with ``use_prior``, score its codes with the prior.
+
+        Args:
+            keep_tokens: (b,) tokens each clip keeps (nested dropout), or None for all.
+            ss_ratio: scheduled-sampling share of the prior's later rounds (0: teacher forcing only).
+            bypass_quantization: the decoder reads the continuous latents (continuous warm-up).
+            use_prior: run the prior (off while its loss weight is 0, so it costs nothing then).
+            prior_rounds, prior_temperature, average_rounds: see :func:`larp.models.prior.prior_loss`.
+        """
         out = self.tokenizer(video, keep_tokens=keep_tokens, bypass_quantization=bypass_quantization)
-        if self.prior is None or not use_prior:  # not run at all while its loss weight is 0
+        if self.prior is None or not use_prior:
             return out, None
         q = out.quantized
         prior_out = prior_loss(
-            self.prior,
-            q.codes,
-            q.indices,
-            self.tokenizer.bottleneck.regularizer.normalized_codebook(),
-            ss_ratio=ss_ratio if recipe.prior.scheduled_sampling else 0.0,
-            rounds=recipe.prior.rounds,
-            temperature=recipe.prior.temperature,
-            average_rounds=recipe.prior.average_rounds,
+            self.prior, q.codes, q.indices, self.tokenizer.bottleneck.regularizer.normalized_codebook(),
+            ss_ratio=ss_ratio, rounds=prior_rounds, temperature=prior_temperature, average_rounds=average_rounds,
         )
         return out, prior_out
 
 
-class EMA:
-    """Exponential moving average of a module's floating-point parameters."""
+class CodeCounts:
+    """How often each code was chosen since the last dead-code restart (this process); a Stateful part
+    whose checkpoint value is the (K,) tensor itself, as 0.1.0 wrote it."""
 
-    def __init__(self, module: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+    def __init__(self, codebook_size: int, device: torch.device):
+        self.counts = torch.zeros(codebook_size, device=device)
 
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for name, value in module.state_dict().items():
-            if name in self.shadow:
-                self.shadow[name].lerp_(value.detach(), 1 - self.decay)
+    def add(self, indices: torch.Tensor) -> torch.Tensor:
+        """Count the code ids ``indices`` (any shape); returns their own (K,) histogram."""
+        counts = torch.bincount(indices.flatten(), minlength=self.counts.numel()).float()
+        self.counts += counts
+        return counts
 
+    def take(self) -> torch.Tensor:
+        """The counts so far, and start a new window."""
+        counts = self.counts.clone()
+        self.counts.zero_()
+        return counts
 
-@dataclass
-class TrainState:
-    """Everything a run needs besides its recipe; checkpointed whole."""
+    def state_dict(self) -> torch.Tensor:
+        return self.counts.cpu()
 
-    model: nn.Module  # TokenizerWithPrior, DDP-wrapped when distributed
-    g_opt: torch.optim.Optimizer
-    g_scaler: torch.amp.GradScaler
-    stream: TrainStream
-    discriminator: nn.Module | None = None  # DDP-wrapped when distributed
-    d_opt: torch.optim.Optimizer | None = None
-    d_scaler: torch.amp.GradScaler | None = None
-    lecam: LeCam | None = None
-    lpips: nn.Module | None = None
-    ema: EMA | None = None
-    step: int = 0
-    code_counts: torch.Tensor | None = None  # code usage since the last dead-code restart
-    history: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def core(self) -> TokenizerWithPrior:
-        return dist.unwrap(self.model)
-
-
-# ------------------------------------------------------------------------------------------ building
-def build_state(recipe: TokenizerTrainConfig, info: dist.DistInfo) -> tuple[TrainState, Any]:
-    """Models, optimizers, scalers and data for a fresh run (weights random, step 0)."""
-    torch.manual_seed(recipe.seed)  # identical initial weights on every rank
-    tokenizer = LARPTokenizer(recipe.model)
-    prior = LatentPrior(recipe.prior_model) if recipe.prior.enabled else None
-    core = TokenizerWithPrior(tokenizer, prior).to(info.device).train()
-
-    groups = [{"params": [], "lr_mult": 1.0, "name": "tokenizer"}]
-    queries = tokenizer.encoder_latent_query_embed
-    for name, param in sorted(tokenizer.named_parameters()):
-        if param is not queries:
-            groups[0]["params"].append(param)
-    groups.append({"params": [queries], "lr_mult": recipe.optim.query_lr_mult, "name": "queries"})
-    if prior is not None:
-        groups.append({"params": [p for _, p in sorted(prior.named_parameters())], "lr_mult": recipe.prior.lr_mult, "name": "prior"})
-    g_opt = torch.optim.Adam(groups, lr=recipe.optim.lr, betas=recipe.optim.betas, weight_decay=recipe.optim.weight_decay)
-    use_scaler = recipe.precision == "fp16"
-    state = TrainState(
-        model=_wrap(core, recipe, info),
-        g_opt=g_opt,
-        g_scaler=torch.amp.GradScaler(info.device.type, enabled=use_scaler),
-        stream=None,  # set below
-    )
-    if recipe.loss.gan.disc_weight > 0:
-        base = DISCRIMINATOR_PRESETS[recipe.discriminator_preset]
-        m = recipe.model
-        d_config = replace(base, frame_num=m.frame_num, input_size=m.input_size, in_channels=m.in_channels,
-                           temporal_patch_size=m.temporal_patch_size, patch_size=m.patch_size)
-        discriminator = TransformerDiscriminator(d_config).to(info.device).train()
-        state.discriminator = dist.wrap(discriminator, info)
-        state.d_opt = torch.optim.Adam(discriminator.parameters(), lr=recipe.optim.disc_lr, betas=recipe.optim.betas)
-        state.d_scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
-        state.lecam = LeCam(recipe.loss.gan.lecam_decay).to(info.device)
-    if recipe.loss.perceptual_weight > 0:
-        from larp.losses.perceptual import load_lpips
-
-        state.lpips = load_lpips(recipe.loss.lpips_weights, device=info.device)
-    if recipe.optim.ema_decay > 0:
-        state.ema = EMA(tokenizer, recipe.optim.ema_decay)
-
-    train, val, flip_in_stream = build_datasets(recipe.data, frames=recipe.model.frame_num, size=recipe.model.input_size)
-    state.stream = TrainStream(
-        train,
-        batch_size=recipe.batch_size,
-        seed=recipe.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        num_workers=recipe.data.num_workers,
-        flip=flip_in_stream,
-    )
-    state.code_counts = torch.zeros(recipe.model.quantizer.codebook_size, device=info.device)
-    return state, val
-
-
-def _wrap(core: TokenizerWithPrior, recipe: TokenizerTrainConfig, info: dist.DistInfo) -> nn.Module:
-    # unused parameters in some steps: the nested-dropout mask embedding when no sample is truncated, the
-    # prior while its loss weight is still 0
-    unused = recipe.model.nested_dropout or (recipe.prior.enabled and recipe.prior.weight_delay > 0)
-    model = dist.wrap(core, info, find_unused_parameters=unused)
-    if recipe.compile:
-        model = torch.compile(model)
-    return model
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-def _weights(state: TrainState) -> dict[str, dict[str, torch.Tensor]]:
-    core = state.core
-    weights = {"tokenizer": core.tokenizer.state_dict()}
-    if core.prior is not None:
-        weights["prior"] = core.prior.state_dict()
-    if state.discriminator is not None:
-        weights["discriminator"] = dist.unwrap(state.discriminator).state_dict()
-        weights["lecam"] = state.lecam.state_dict()
-    if state.ema is not None:
-        weights["ema"] = state.ema.shadow
-    return weights
-
-
-def save_state(run_dir: Path, state: TrainState, recipe: TokenizerTrainConfig, info: dist.DistInfo) -> None:
-    """A checkpoint of the whole run; every rank calls it, rank 0 writes."""
-    extra = {
-        "g_opt": state.g_opt.state_dict(),
-        "g_scaler": state.g_scaler.state_dict(),
-        "stream": state.stream.state_dict(),
-        "code_counts": state.code_counts.cpu(),
-    }
-    if state.d_opt is not None:
-        extra["d_opt"] = state.d_opt.state_dict()
-        extra["d_scaler"] = state.d_scaler.state_dict()
-    save_run_checkpoint(run_dir, state.step, _weights(state) if info.is_main else {}, extra, info, recipe.keep_checkpoints)
-
-
-def restore_state(folder: Path, state: TrainState, info: dist.DistInfo) -> None:
-    weights, extra = ckpt.load_checkpoint(folder)
-    core = state.core
-    core.tokenizer.load_state_dict(weights["tokenizer"])
-    if core.prior is not None:
-        core.prior.load_state_dict(weights["prior"])
-    if state.discriminator is not None:
-        dist.unwrap(state.discriminator).load_state_dict(weights["discriminator"])
-        state.lecam.load_state_dict(weights["lecam"])
-        state.d_opt.load_state_dict(extra["d_opt"])
-        state.d_scaler.load_state_dict(extra["d_scaler"])
-    if state.ema is not None:
-        state.ema.shadow = {k: v.to(info.device) for k, v in weights["ema"].items()}
-    state.g_opt.load_state_dict(extra["g_opt"])
-    state.g_scaler.load_state_dict(extra["g_scaler"])
-    state.stream.load_state_dict(extra["stream"])
-    state.code_counts = extra["code_counts"].to(info.device)
-    state.step = int(extra["step"])
-    restore_rng(extra, info)
-
-
-# ------------------------------------------------------------------------------------------ one step
-def _autocast(recipe: TokenizerTrainConfig, device: torch.device):
-    if recipe.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AMP[recipe.precision])
+    def load_state_dict(self, counts: torch.Tensor) -> None:
+        self.counts.copy_(counts)
 
 
 def prior_weight(recipe: TokenizerTrainConfig, step: int) -> float:
@@ -243,201 +111,308 @@ def prior_weight(recipe: TokenizerTrainConfig, step: int) -> float:
     return recipe.loss.prior_weight * min((step - p.weight_delay) / p.weight_ramp, 1.0)
 
 
-def _keep_tokens(recipe: TokenizerTrainConfig, batch: int, device: torch.device) -> torch.Tensor | None:
-    """Nested dropout: each sample keeps a uniformly drawn prefix of its tokens with probability p."""
-    if recipe.nested_dropout_prob <= 0:
-        return None
-    n = recipe.model.num_tokens
-    keep = torch.randint(1, n + 1, (batch,), device=device)
-    dropped = torch.rand(batch, device=device) < recipe.nested_dropout_prob
-    return torch.where(dropped, keep, torch.full_like(keep, n))
+def optimizer_groups(tokenizer: LARPTokenizer, prior: LatentPrior | None, recipe: TokenizerTrainConfig) -> list[dict]:
+    """Adam groups with their learning-rate multipliers: the tokenizer (x1), its holistic queries
+    (``optim.query_lr_mult``) and the prior (``prior.lr_mult``, x50 in the paper, LARP.md B.4)."""
+    queries = tokenizer.encoder_latent_query_embed
+    rest = [param for _, param in sorted(tokenizer.named_parameters()) if param is not queries]
+    groups = [{"params": rest, "lr_mult": 1.0, "name": "tokenizer"},
+              {"params": [queries], "lr_mult": recipe.optim.query_lr_mult, "name": "queries"}]
+    if prior is not None:
+        groups.append({"params": [p for _, p in sorted(prior.named_parameters())], "lr_mult": recipe.prior.lr_mult,
+                       "name": "prior"})
+    return groups
 
 
-def discriminator_step(state: TrainState, recipe: TokenizerTrainConfig, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
-    with _autocast(recipe, real.device):
-        logits = state.discriminator(torch.cat([real, fake.detach()]))
-    logits_real, logits_fake = logits.float().chunk(2)
-    loss = discriminator_objective(logits_real, logits_fake, state.lecam, recipe.loss.gan)
-    state.d_opt.zero_grad(set_to_none=True)
-    state.d_scaler.scale(loss).backward()
-    state.d_scaler.step(state.d_opt)
-    state.d_scaler.update()
-    state.lecam.update(logits_real, logits_fake)
-    return {"d_loss": loss.detach(), "d_real": logits_real.mean().detach(), "d_fake": logits_fake.mean().detach()}
+# ------------------------------------------------------------------------------------------ the task
+class TokenizerTask:
+    """Models, optimizers, scalers and data of a tokenizer run, and its step, validation and export."""
 
+    name, unit = "train-tokenizer", "clips"
+    progress_keys = ("loss", "psnr", "batch_usage")
 
-def generator_losses(
-    state: TrainState, recipe: TokenizerTrainConfig, video: torch.Tensor, out: TokenizerOutput, prior_out: PriorOutput | None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The total generator loss and its named terms (LARP.md C.2)."""
-    loss_cfg = recipe.loss
-    recon = out.recon.float()
-    terms: dict[str, torch.Tensor] = {"l1": (recon - video).abs().mean()}
-    total = loss_cfg.l1_weight * terms["l1"]
-    if loss_cfg.mse_weight > 0:
-        terms["mse"] = F.mse_loss(recon, video)
-        total = total + loss_cfg.mse_weight * terms["mse"]
-    if state.lpips is not None:
-        frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (b, c, t, h, w) -> (b*t, c, h, w)
-        terms["lpips"] = state.lpips(frames(recon), frames(video)).mean()
-        total = total + loss_cfg.perceptual_weight * terms["lpips"]
-    if state.discriminator is not None and state.step > loss_cfg.gan_start:
-        discriminator = dist.unwrap(state.discriminator)
-        discriminator.requires_grad_(False)  # D frozen: the G loss must not train it
-        with _autocast(recipe, video.device):
-            terms["g_gan"] = generator_loss(discriminator(out.recon).float())
-        discriminator.requires_grad_(True)
-        total = total + loss_cfg.gan.disc_weight * terms["g_gan"]
-    terms["vq"] = out.quantized.loss
-    total = total + loss_cfg.vq_weight * terms["vq"]
-    if prior_out is not None:
-        terms["prior_ce"] = prior_out.loss
-        total = total + prior_weight(recipe, state.step) * prior_out.loss
-    terms["loss"] = total
-    return total, {k: v.detach() for k, v in terms.items()}
+    def __init__(self, recipe: TokenizerTrainConfig, info: dist.DistInfo, run_dir: Path | None = None):
+        self.recipe, self.info, self.run_dir = recipe, info, run_dir
+        self.items_per_step = recipe.batch_size * recipe.optim.accumulation
+        self.export_dir = run_dir / "tokenizer" if run_dir is not None else None
+        device = info.device
+        torch.manual_seed(recipe.seed)  # identical initial weights on every rank
+        tokenizer = LARPTokenizer(recipe.model)
+        prior = LatentPrior(recipe.prior_model) if recipe.prior.enabled else None
+        self.core = TokenizerWithPrior(tokenizer, prior).to(device).train()
+        # unused parameters in some steps: the nested-dropout mask embedding when no sample is truncated,
+        # the prior while its loss weight is still 0
+        unused = recipe.model.nested_dropout or (recipe.prior.enabled and recipe.prior.weight_delay > 0)
+        self.model = dist.wrap(self.core, info, find_unused_parameters=unused)
+        if recipe.compile:
+            self.model = torch.compile(self.model)
+        optim = recipe.optim
+        self.g_opt = torch.optim.Adam(optimizer_groups(tokenizer, prior, recipe), lr=optim.lr, betas=optim.betas,
+                                      weight_decay=optim.weight_decay)
+        use_scaler = needs_grad_scaler(recipe.precision, device)
+        self.g_scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
+        self.discriminator: nn.Module | None = None  # DDP-wrapped when distributed
+        self.d_opt: torch.optim.Optimizer | None = None
+        self.d_scaler: torch.amp.GradScaler | None = None
+        self.lecam: LeCam | None = None
+        if recipe.loss.gan.disc_weight > 0:
+            m = recipe.model
+            d_config = replace(DISCRIMINATOR_PRESETS[recipe.discriminator_preset], frame_num=m.frame_num,
+                               input_size=m.input_size, in_channels=m.in_channels,
+                               temporal_patch_size=m.temporal_patch_size, patch_size=m.patch_size)
+            discriminator = TransformerDiscriminator(d_config).to(device).train()
+            self.discriminator = dist.wrap(discriminator, info)
+            self.d_opt = torch.optim.Adam(discriminator.parameters(), lr=optim.disc_lr, betas=optim.betas)
+            self.d_scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+            self.lecam = LeCam(recipe.loss.gan.lecam_decay).to(device)
+        self.lpips: nn.Module | None = None
+        if recipe.loss.perceptual_weight > 0:
+            from larp.losses.perceptual import load_lpips
 
-def train_step(state: TrainState, recipe: TokenizerTrainConfig, info: dist.DistInfo) -> dict[str, float]:
-    """One optimizer step (``optim.accumulation`` micro-batches); returns rank-averaged metrics."""
-    state.step += 1
-    mult = lr_multiplier(state.step, recipe.optim.warmup_steps, recipe.steps, recipe.optim.min_lr_mult)
-    set_lr(state.g_opt, recipe.optim.lr, mult)
-    if state.d_opt is not None:
-        set_lr(state.d_opt, recipe.optim.disc_lr, mult)
-    ss_ratio = scheduled_sampling_ratio(state.step, recipe.steps, recipe.prior.ss_max_ratio, recipe.prior.ss_peak_fraction)
-    quantize_from = recipe.codebook.continuous_warmup + 1
-    bypass = state.step < quantize_from
-    metrics: dict[str, torch.Tensor] = {}
-    state.g_opt.zero_grad(set_to_none=True)
-    accumulation = recipe.optim.accumulation
-    for micro in range(accumulation):
-        batch = next(state.stream)
-        video = batch["video"].to(info.device, non_blocking=True)
-        keep = _keep_tokens(recipe, video.shape[0], info.device)
-        if state.step == quantize_from and micro == 0 and recipe.codebook.init_from_data:
-            init_codebook_from_data(state, video, info)
-        # DDP: only the last micro-batch all-reduces gradients
-        sync = contextlib.nullcontext() if micro == accumulation - 1 or not info.enabled else state.model.no_sync()
-        with sync:
-            with _autocast(recipe, info.device):
-                out, prior_out = state.model(
-                    video, keep_tokens=keep, ss_ratio=ss_ratio, bypass_quantization=bypass, recipe=recipe,
-                    use_prior=prior_weight(recipe, state.step) > 0,
-                )
-            if micro == 0 and state.discriminator is not None and discriminator_step_due(state.step, recipe.loss.gan.disc_update_every):
-                metrics.update(discriminator_step(state, recipe, video, out.recon))
-            total, terms = generator_losses(state, recipe, video, out, prior_out)
-            state.g_scaler.scale(total / accumulation).backward()
-        for name, value in terms.items():
-            metrics[name] = metrics.get(name, 0) + value / accumulation
-        _track_codes(state, out, prior_out, metrics, video)
-    if recipe.optim.grad_clip > 0:
-        state.g_scaler.unscale_(state.g_opt)
-        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(state.core.parameters(), recipe.optim.grad_clip)
-    state.g_scaler.step(state.g_opt)
-    state.g_scaler.update()
-    if state.ema is not None:
-        state.ema.update(state.core.tokenizer)
-    # restarts only once the decoder reads the codes (quantization on): before, codes are not used
-    if recipe.codebook.dead_code_restart and not bypass and state.step % recipe.codebook.restart_every == 0:
-        metrics["codes_restarted"] = torch.tensor(float(restart_dead_codes(state, recipe, out.quantized.z.detach(), info)))
-    names = sorted(metrics)
-    reduced = dist.all_reduce_mean(torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=info.device) for k in names]), info)
-    result = dict(zip(names, reduced.tolist()))  # one host sync per step
-    result.update(lr=recipe.optim.lr * mult, ss_ratio=ss_ratio, prior_weight=prior_weight(recipe, state.step))
-    return result
+            self.lpips = load_lpips(recipe.loss.lpips_weights, device=device)
+        self.ema = EMA(tokenizer, optim.ema_decay) if optim.ema_decay > 0 else None
 
+        train, self.val, flip_in_stream = build_datasets(recipe.data, frames=recipe.model.frame_num,
+                                                         size=recipe.model.input_size)
+        self.stream = TrainStream(train, batch_size=recipe.batch_size, seed=recipe.seed, rank=info.rank,
+                                  world_size=info.world_size, num_workers=recipe.data.num_workers, flip=flip_in_stream)
+        self.code_counts = CodeCounts(recipe.model.quantizer.codebook_size, device)
+        self.warned_usage = False
 
-def _track_codes(state: TrainState, out: TokenizerOutput, prior_out: PriorOutput | None, metrics: dict, video: torch.Tensor) -> None:
-    indices = out.quantized.indices
-    counts = torch.bincount(indices.flatten(), minlength=state.code_counts.numel()).float()
-    state.code_counts += counts
-    probs = counts / counts.sum()
-    metrics["batch_usage"] = (counts > 0).float().mean()
-    metrics["perplexity"] = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
-    mse = ((out.recon.detach().float().clamp(0, 1) - video) ** 2).flatten(1).mean(1)
-    metrics["psnr"] = (-10 * torch.log10(mse.clamp_min(1e-10))).mean()
-    if prior_out is not None:
-        metrics["prior_top1"], metrics["prior_top5"] = prior_out.top1, prior_out.top5
+    @property
+    def tokenizer(self) -> LARPTokenizer:
+        return self.core.tokenizer
 
+    # -------------------------------------------------------------------- checkpointed parts
+    def weights(self) -> dict[str, Stateful]:
+        parts: dict[str, Stateful] = {"tokenizer": self.core.tokenizer}
+        if self.core.prior is not None:
+            parts["prior"] = self.core.prior
+        if self.discriminator is not None:
+            parts["discriminator"] = dist.unwrap(self.discriminator)
+            parts["lecam"] = self.lecam
+        if self.ema is not None:
+            parts["ema"] = self.ema
+        return parts
 
-# ------------------------------------------------------------------------------------------ codebook remedies
-@torch.no_grad()
-def init_codebook_from_data(state: TrainState, video: torch.Tensor, info: dist.DistInfo) -> None:
-    """Set every code to a (noisy) latent of this batch, before its forward: codes start where the data is."""
-    tokenizer = state.core.tokenizer
-    embedding = tokenizer.bottleneck.regularizer.embedding.weight
-    z = F.normalize(tokenizer.bottleneck.in_linear(tokenizer.encode_features(video)).float(), dim=-1)
-    pool = z.reshape(-1, z.shape[-1])
-    picks = pool[torch.randint(0, pool.shape[0], (embedding.shape[0],), device=pool.device)]
-    new = F.normalize(picks + 0.01 * torch.randn_like(picks), dim=-1)
-    embedding.copy_(dist.broadcast_(new.contiguous(), info))
-    logger.info("codebook initialised from %d latents of the first batch", pool.shape[0])
+    def training_state(self) -> dict[str, Stateful]:
+        parts: dict[str, Stateful] = {"g_opt": self.g_opt, "g_scaler": self.g_scaler, "stream": self.stream,
+                                      "code_counts": self.code_counts}
+        if self.discriminator is not None:
+            parts.update(d_opt=self.d_opt, d_scaler=self.d_scaler)
+        return parts
 
+    # -------------------------------------------------------------------- one step
+    def train_step(self, step: int) -> Metrics:
+        """One optimizer step of ``optim.accumulation`` micro-batches; metrics of this process as tensors."""
+        recipe, device = self.recipe, self.info.device
+        mult = lr_multiplier(step, recipe.optim.warmup_steps, recipe.steps, recipe.optim.min_lr_mult)
+        set_lr(self.g_opt, recipe.optim.lr, mult)
+        if self.d_opt is not None:
+            set_lr(self.d_opt, recipe.optim.disc_lr, mult)
+        p = recipe.prior
+        ss_ratio = scheduled_sampling_ratio(step, recipe.steps, p.ss_max_ratio, p.ss_peak_fraction) if p.scheduled_sampling else 0.0
+        quantize_from = recipe.codebook.continuous_warmup + 1
+        bypass = step < quantize_from
+        weight = prior_weight(recipe, step)
+        accumulation = recipe.optim.accumulation
+        metrics: Metrics = {}
+        self.g_opt.zero_grad(set_to_none=True)
+        for micro, sync in micro_batches(self.model, accumulation):
+            video = next(self.stream)["video"].to(device, non_blocking=True)
+            if step == quantize_from and micro == 0 and recipe.codebook.init_from_data:
+                self.init_codebook(video)
+            keep = self._keep_tokens(video.shape[0])
+            with sync:
+                with autocast(recipe.precision, device):
+                    out, prior_out = self.model(video, keep_tokens=keep, ss_ratio=ss_ratio, bypass_quantization=bypass,
+                                                use_prior=weight > 0, prior_rounds=p.rounds,
+                                                prior_temperature=p.temperature, average_rounds=p.average_rounds)
+                if micro == 0 and self.discriminator is not None and discriminator_step_due(step, recipe.loss.gan.disc_update_every):
+                    metrics.update(self.discriminator_step(video, out.recon))
+                total, terms = self.generator_losses(step, video, out, prior_out)
+                self.g_scaler.scale(total / accumulation).backward()
+            for name, value in {**terms, **self._code_metrics(out, prior_out, video)}.items():
+                metrics[name] = metrics.get(name, 0) + value / accumulation
+        norm = optimizer_step(self.g_opt, self.g_scaler, self.core.parameters(), recipe.optim.grad_clip)
+        if norm is not None:
+            metrics["grad_norm"] = norm
+        if self.ema is not None:
+            self.ema.update(self.tokenizer)
+        # restarts only once the decoder reads the codes (quantization on): before, codes are not used
+        if recipe.codebook.dead_code_restart and not bypass and step % recipe.codebook.restart_every == 0:
+            metrics["codes_restarted"] = self.restart_dead_codes(out.quantized.z).sum().float()
+        metrics.update(lr=recipe.optim.lr * mult, ss_ratio=ss_ratio, prior_weight=weight)
+        if isinstance(self.stream, TrainStream):  # not when a benchmark or test feeds fixed batches
+            metrics["skipped_videos"] = float(self.stream.skipped)
+        return metrics
 
-@torch.no_grad()
-def restart_dead_codes(state: TrainState, recipe: TokenizerTrainConfig, z: torch.Tensor, info: dist.DistInfo) -> int:
-    """Re-initialise codes used less than ``dead_threshold`` times per window from recent latents, and
-    clear their Adam moments. Returns the number of codes restarted."""
-    counts = dist.all_reduce_sum(state.code_counts, info)
-    dead = counts < recipe.codebook.dead_threshold * counts.sum() / counts.numel()
-    dead = dist.broadcast_(dead.to(torch.uint8), info).bool()
-    state.code_counts.zero_()
-    number = int(dead.sum())
-    if number == 0:
-        return 0
-    embedding = state.core.tokenizer.bottleneck.regularizer.embedding.weight
-    pool = z.reshape(-1, z.shape[-1]).float()
-    picks = pool[torch.randint(0, pool.shape[0], (number,), device=pool.device)]
-    new = embedding.detach().clone()
-    # the quantizer normalises codes, so unit vectors near live latents are all a restart needs
-    new[dead] = F.normalize(picks + 0.01 * torch.randn_like(picks), dim=-1)
-    embedding.copy_(dist.broadcast_(new, info))
-    adam = state.g_opt.state.get(embedding, {})
-    for key in ("exp_avg", "exp_avg_sq"):
-        if key in adam:
-            adam[key][dead] = 0
-    return number
+    def _keep_tokens(self, batch: int) -> torch.Tensor | None:
+        """Nested dropout: each sample keeps a uniformly drawn prefix of its tokens with probability p."""
+        if self.recipe.nested_dropout_prob <= 0:
+            return None
+        n, device = self.recipe.model.num_tokens, self.info.device
+        keep = torch.randint(1, n + 1, (batch,), device=device)
+        dropped = torch.rand(batch, device=device) < self.recipe.nested_dropout_prob
+        return torch.where(dropped, keep, torch.full_like(keep, n))
 
+    def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One discriminator update on real clips and detached reconstructions (b, c, t, h, w)."""
+        with autocast(self.recipe.precision, real.device):
+            logits = self.discriminator(torch.cat([real, fake.detach()]))
+        logits_real, logits_fake = logits.float().chunk(2)
+        loss = discriminator_objective(logits_real, logits_fake, self.lecam, self.recipe.loss.gan)
+        self.d_opt.zero_grad(set_to_none=True)
+        self.d_scaler.scale(loss).backward()
+        self.d_scaler.step(self.d_opt)
+        self.d_scaler.update()
+        self.lecam.update(logits_real, logits_fake)
+        return {"d_loss": loss.detach(), "d_real": logits_real.mean().detach(), "d_fake": logits_fake.mean().detach()}
 
-# ------------------------------------------------------------------------------------------ evaluation
-@torch.no_grad()
-def evaluate(state: TrainState, recipe: TokenizerTrainConfig, val, info: dist.DistInfo, *, limit: int | None = None) -> dict[str, float]:
-    """Validation with deterministic tokens: PSNR, codebook usage and perplexity, prior accuracy."""
-    core = state.core
-    tokenizer = core.tokenizer
-    was_training = core.training
-    core.eval()
-    loader = torch.utils.data.DataLoader(val, batch_size=recipe.batch_size, num_workers=0,
-                                         collate_fn=_collate_val)
-    psnrs, counts, top1, top5, seen = [], torch.zeros(recipe.model.quantizer.codebook_size), [], [], 0
-    for batch in loader:
-        if batch is None:
-            continue
-        video = batch["video"].to(info.device)
-        with _autocast(recipe, info.device):
-            quantized = tokenizer.quantize(tokenizer.encode_features(video), stochastic=False)
-            recon = tokenizer.decode_latents(tokenizer.bottleneck.codes_to_latents(quantized.codes), video.shape[2])
-        mse = ((recon.float().clamp(0, 1) - video) ** 2).flatten(1).mean(1)
-        psnrs.append(-10 * torch.log10(mse.clamp_min(1e-10)).cpu())
-        counts += torch.bincount(quantized.indices.flatten().cpu(), minlength=counts.numel()).float()
+    def generator_losses(
+        self, step: int, video: torch.Tensor, out: TokenizerOutput, prior_out: PriorOutput | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total generator loss and its named terms, detached (LARP.md C.2)."""
+        loss_cfg = self.recipe.loss
+        recon = out.recon.float()
+        terms: dict[str, torch.Tensor] = {"l1": (recon - video).abs().mean()}
+        total = loss_cfg.l1_weight * terms["l1"]
+        if loss_cfg.mse_weight > 0:
+            terms["mse"] = F.mse_loss(recon, video)
+            total = total + loss_cfg.mse_weight * terms["mse"]
+        if self.lpips is not None:
+            frames = lambda v: v.transpose(1, 2).flatten(0, 1)  # (b, c, t, h, w) -> (b*t, c, h, w)
+            terms["lpips"] = self.lpips(frames(recon), frames(video)).mean()
+            total = total + loss_cfg.perceptual_weight * terms["lpips"]
+        if self.discriminator is not None and step > loss_cfg.gan_start:
+            discriminator = dist.unwrap(self.discriminator)
+            discriminator.requires_grad_(False)  # D frozen: the G loss must not train it
+            with autocast(self.recipe.precision, video.device):
+                terms["g_gan"] = generator_loss(discriminator(out.recon).float())
+            discriminator.requires_grad_(True)
+            total = total + loss_cfg.gan.disc_weight * terms["g_gan"]
+        terms["vq"] = out.quantized.loss
+        total = total + loss_cfg.vq_weight * terms["vq"]
+        if prior_out is not None:
+            terms["prior_ce"] = prior_out.loss
+            total = total + prior_weight(self.recipe, step) * prior_out.loss
+        terms["loss"] = total
+        return total, {k: v.detach() for k, v in terms.items()}
+
+    def _code_metrics(self, out: TokenizerOutput, prior_out: PriorOutput | None, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Counts the micro-batch's codes (for dead-code restarts) and returns its code usage, perplexity,
+        PSNR and prior accuracy."""
+        usage, perplexity = code_statistics(self.code_counts.add(out.quantized.indices))
+        metrics = {"batch_usage": usage, "perplexity": perplexity,
+                   "psnr": psnr(video, out.recon.detach().float().clamp(0, 1)).mean()}
+        if prior_out is not None:
+            metrics.update(prior_top1=prior_out.top1, prior_top5=prior_out.top5)
+        return metrics
+
+    # -------------------------------------------------------------------- codebook care
+    def init_codebook(self, video: torch.Tensor) -> None:
+        """Set every code to a (noisy) latent of this batch (b, c, t, h, w), before its forward: codes start
+        where the data is. Every process gets process 0's codebook."""
+        with torch.no_grad():
+            z = self.tokenizer.quantize(self.tokenizer.encode_features(video), stochastic=False).z
+        self.tokenizer.bottleneck.regularizer.init_from_latents(z, broadcast_fn=dist.broadcast_fn(self.info))
+        logger.info("codebook initialised from %d latents of the first batch", z.shape[0] * z.shape[1])
+
+    def restart_dead_codes(self, z: torch.Tensor) -> torch.Tensor:
+        """Restart the codes used less than ``codebook.dead_threshold`` x the mean count since the last
+        restart (counts summed over processes) from the latents ``z`` (b, n, c), and clear their Adam
+        moments. Returns the (K,) bool mask of restarted codes."""
+        quantizer = self.tokenizer.bottleneck.regularizer
+        dead = quantizer.restart_dead_codes(
+            z, self.code_counts.take(), threshold=self.recipe.codebook.dead_threshold,
+            reduce_fn=dist.sum_fn(self.info), broadcast_fn=dist.broadcast_fn(self.info),
+        )
+        reset_optimizer_rows(self.g_opt, quantizer.embedding.weight, dead)
+        return dead
+
+    # -------------------------------------------------------------------- validation, samples, export
+    @torch.no_grad()
+    def evaluate(self, step: int, *, limit: int | None = None) -> dict[str, float]:
+        """Validation with deterministic tokens: PSNR, codebook usage and perplexity, prior accuracy."""
+        recipe, device, core = self.recipe, self.info.device, self.core
+        tokenizer = core.tokenizer
+        was_training = core.training
+        core.eval()
+        loader = torch.utils.data.DataLoader(self.val, batch_size=recipe.batch_size, num_workers=0, collate_fn=_collate_val)
+        psnrs, top1, top5, seen = [], [], [], 0
+        counts = torch.zeros(recipe.model.quantizer.codebook_size, device=device)
+        for batch in loader:
+            if batch is None:
+                continue
+            video = batch["video"].to(device)
+            with autocast(recipe.precision, device):
+                quantized = tokenizer.quantize(tokenizer.encode_features(video), stochastic=False)
+                recon = tokenizer.decode_latents(tokenizer.bottleneck.codes_to_latents(quantized.codes), video.shape[2])
+            psnrs.append(psnr(video, recon.float().clamp(0, 1)))
+            counts += torch.bincount(quantized.indices.flatten(), minlength=counts.numel()).float()
+            if core.prior is not None:
+                p = prior_loss(core.prior, quantized.codes, quantized.indices,
+                               tokenizer.bottleneck.regularizer.normalized_codebook(), ss_ratio=0.0, rounds=1)
+                top1.append(p.top1)
+                top5.append(p.top5)
+            seen += video.shape[0]
+            if limit is not None and seen >= limit:
+                break
+        core.train(was_training)
+        usage, perplexity = code_statistics(counts)
+        result = {"val_psnr": torch.cat(psnrs).mean().item(), "val_usage": usage.item(), "val_perplexity": perplexity.item()}
+        if top1:
+            result.update(val_prior_top1=torch.stack(top1).mean().item(), val_prior_top5=torch.stack(top5).mean().item())
+        quantizing = step > recipe.codebook.continuous_warmup
+        if quantizing and result["val_usage"] < recipe.codebook.usage_warn and not self.warned_usage:
+            logger.warning("codebook usage %.1f%% is below %.1f%%: the codebook may be collapsing "
+                           "(see codebook.init_from_data / dead_code_restart / prior.weight_delay)",
+                           100 * result["val_usage"], 100 * recipe.codebook.usage_warn)
+            self.warned_usage = True
+        return result
+
+    @torch.no_grad()
+    def write_samples(self, step: int, count: int = 8) -> Path:
+        """A grid of real clips (top row) and their reconstructions (bottom row), as gif and mp4."""
+        tokenizer = self.tokenizer
+        was_training = tokenizer.training
+        tokenizer.eval()
+        items = [self.val[i] for i in range(min(count, len(self.val)))]
+        real = torch.stack([item["video"] for item in items if item is not None])
+        recon = tokenizer.decode(tokenizer.encode(real.to(tokenizer.device)), num_frames=real.shape[2], clamp=True).float().cpu()
+        tokenizer.train(was_training)
+        grid = make_grid(torch.cat([real, recon]), nrow=real.shape[0])
+        folder = self.run_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{step:08d}.gif"
+        write_video(path, grid, fps=8)
+        write_video(path.with_suffix(".mp4"), grid, fps=8)
+        return path
+
+    def export(self) -> None:
+        """The final tokenizer (the EMA weights when EMA is on) as a save_pretrained folder, and the prior
+        beside it (``RUN/prior``)."""
+        tokenizer = self.tokenizer
+        if self.ema is not None:
+            exported = LARPTokenizer(tokenizer.config)
+            exported.load_state_dict(tokenizer.state_dict())
+            self.ema.copy_to(exported)
+            tokenizer = exported
+        tokenizer.save_pretrained(self.export_dir)
+        if self.core.prior is not None:
+            self.core.prior.save_pretrained(self.run_dir / "prior")
+        logger.info("exported the tokenizer to %s", self.export_dir)
+
+    def log_start(self) -> None:
+        core, recipe, info = self.core, self.recipe, self.info
+        parts = [f"tokenizer {core.tokenizer.num_parameters():,} parameters"]
         if core.prior is not None:
-            p = prior_loss(core.prior, quantized.codes, quantized.indices, tokenizer.bottleneck.regularizer.normalized_codebook(), ss_ratio=0.0, rounds=1)
-            top1.append(p.top1.item())
-            top5.append(p.top5.item())
-        seen += video.shape[0]
-        if limit is not None and seen >= limit:
-            break
-    core.train(was_training)
-    probs = counts / counts.sum()
-    result = {
-        "val_psnr": torch.cat(psnrs).mean().item(),
-        "val_usage": (counts > 0).float().mean().item(),
-        "val_perplexity": math.exp(-(probs * probs.clamp_min(1e-12).log()).sum().item()),
-    }
-    if top1:
-        result.update(val_prior_top1=sum(top1) / len(top1), val_prior_top5=sum(top5) / len(top5))
-    return result
+            parts.append(f"prior {sum(p.numel() for p in core.prior.parameters()):,}")
+        if self.discriminator is not None:
+            parts.append(f"discriminator {sum(p.numel() for p in self.discriminator.parameters()):,}")
+        logger.info("%s; %d steps of %d clips x %d process(es) on %s, %s", ", ".join(parts), recipe.steps,
+                    self.items_per_step, info.world_size, info.device, recipe.precision)
 
 
 def _collate_val(items):
@@ -445,26 +420,6 @@ def _collate_val(items):
     if not items:
         return None
     return {"video": torch.stack([i["video"] for i in items])}
-
-
-@torch.no_grad()
-def write_samples(state: TrainState, val, run_dir: Path, count: int = 8) -> Path:
-    """A grid of real clips (top row) and their reconstructions (bottom row), as gif and mp4."""
-    tokenizer = state.core.tokenizer
-    was_training = tokenizer.training
-    tokenizer.eval()
-    items = [val[i] for i in range(min(count, len(val)))]
-    real = torch.stack([item["video"] for item in items if item is not None])
-    device = next(tokenizer.parameters()).device
-    recon = tokenizer.decode(tokenizer.encode(real.to(device)), num_frames=real.shape[2], clamp=True).float().cpu()
-    tokenizer.train(was_training)
-    grid = make_grid(torch.cat([real, recon]), nrow=real.shape[0])
-    folder = run_dir / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{state.step:08d}.gif"
-    write_video(path, grid, fps=8)
-    write_video(path.with_suffix(".mp4"), grid, fps=8)
-    return path
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -480,8 +435,8 @@ def train_tokenizer(
     """Train (or resume) a tokenizer run and export the final model with ``save_pretrained``.
 
     Args:
-        run_dir: the run's folder: recipe.yaml, metrics.jsonl, checkpoints/, samples/, tokenizer/.
-        resume: continue from the newest checkpoint in ``run_dir``.
+        run_dir: the run's folder: recipe.yaml, metrics.jsonl, checkpoints/, samples/, tokenizer/, prior/.
+        resume: continue from the newest readable checkpoint in ``run_dir``.
         stop_after: stop (with a checkpoint) after this global step, as if killed; for tests.
 
     Returns:
@@ -489,95 +444,18 @@ def train_tokenizer(
     """
     run_dir = Path(run_dir)
     info = dist.init_distributed(device)
+    lock = None
     try:
-        prepare_run_dir(run_dir, recipe, resume, info)
+        lock = prepare_run_dir(run_dir, recipe, resume, info)
         dist.barrier(info)
-        state, val = build_state(recipe, info)
-        latest = ckpt.latest_checkpoint(run_dir) if resume else None
-        if latest is not None:
-            restore_state(latest, state, info)
-            if info.is_main:
-                truncate_metrics(run_dir / "metrics.jsonl", state.step)
-            logger.info("resumed %s at step %d", run_dir, state.step)
-        else:
-            torch.manual_seed(recipe.seed + info.rank)  # per-rank streams of randomness from here on
-        _log_start(recipe, state, info)
-        _loop(state, recipe, val, run_dir, info, progress=progress, stop_after=stop_after)
-        if state.step >= recipe.steps:
-            return _export(state, run_dir, info)
-        return run_dir / "tokenizer"
+        task = TokenizerTask(recipe, info, run_dir)
+        trainer = Trainer(task, Cadence.of(recipe), info, run_dir=run_dir, progress=progress)
+        trainer.start(resume=resume, seed=recipe.seed)
+        if info.is_main:
+            task.log_start()
+        trainer.fit(stop_after)
+        return trainer.export()
     finally:
+        if lock is not None:
+            lock.release()
         dist.cleanup(info)
-
-
-def _log_start(recipe: TokenizerTrainConfig, state: TrainState, info: dist.DistInfo) -> None:
-    if not info.is_main:
-        return
-    core = state.core
-    parts = [f"tokenizer {core.tokenizer.num_parameters():,} parameters"]
-    if core.prior is not None:
-        parts.append(f"prior {sum(p.numel() for p in core.prior.parameters()):,}")
-    if state.discriminator is not None:
-        parts.append(f"discriminator {sum(p.numel() for p in state.discriminator.parameters()):,}")
-    logger.info("%s; %d steps of %d clips x %d process(es) on %s, %s", ", ".join(parts), recipe.steps,
-                recipe.batch_size * recipe.optim.accumulation, info.world_size, info.device, recipe.precision)
-
-
-def _loop(state: TrainState, recipe: TokenizerTrainConfig, val, run_dir: Path, info: dist.DistInfo, *, progress: bool, stop_after: int | None) -> None:
-    writer = MetricsWriter(run_dir, recipe.tensorboard) if info.is_main else None
-    bar = tqdm(total=recipe.steps, initial=state.step, desc="train-tokenizer", unit="step",
-               disable=not (progress and info.is_main), dynamic_ncols=True)
-    clips_per_step = recipe.batch_size * recipe.optim.accumulation * info.world_size
-    started, first_step = time.perf_counter(), state.step
-    warned_usage = False
-    while state.step < recipe.steps:
-        metrics = train_step(state, recipe, info)
-        bar.update(1)
-        elapsed = time.perf_counter() - started
-        metrics["clips_per_s"] = clips_per_step * (state.step - first_step) / max(elapsed, 1e-9)
-        metrics["skipped_videos"] = float(state.stream.skipped)
-        if state.step % recipe.eval_every == 0 or state.step == recipe.steps:
-            if info.is_main:
-                metrics.update(evaluate(state, recipe, val, info))
-                quantizing = state.step > recipe.codebook.continuous_warmup
-                if quantizing and metrics["val_usage"] < recipe.codebook.usage_warn and not warned_usage:
-                    logger.warning("codebook usage %.1f%% is below %.1f%%: the codebook may be collapsing "
-                                   "(see codebook.init_from_data / dead_code_restart / prior.weight_delay)",
-                                   100 * metrics["val_usage"], 100 * recipe.codebook.usage_warn)
-                    warned_usage = True
-            dist.barrier(info)
-        if info.is_main and (state.step % recipe.sample_every == 0 or state.step == recipe.steps):
-            write_samples(state, val, run_dir)
-        if info.is_main and (state.step % recipe.log_every == 0 or state.step == recipe.steps or "val_psnr" in metrics):
-            writer.write(state.step, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", psnr=f"{metrics['psnr']:.1f}",
-                            usage=f"{metrics['batch_usage']:.2f}", clips_s=f"{metrics['clips_per_s']:.1f}")
-        done = state.step >= recipe.steps or (stop_after is not None and state.step >= stop_after)
-        if state.step % recipe.checkpoint_every == 0 or done:
-            save_state(run_dir, state, recipe, info)
-            dist.barrier(info)
-        if done:
-            break
-    bar.close()
-    if writer is not None:
-        writer.close()
-
-
-def _export(state: TrainState, run_dir: Path, info: dist.DistInfo) -> Path:
-    """The final tokenizer (EMA weights when EMA is on) as a save_pretrained folder, plus the prior."""
-    folder = run_dir / "tokenizer"
-    if info.is_main:
-        tokenizer = state.core.tokenizer
-        if state.ema is not None:
-            exported = LARPTokenizer(tokenizer.config)
-            exported.load_state_dict({**tokenizer.state_dict(), **{k: v.cpu() for k, v in state.ema.shadow.items()}})
-            tokenizer = exported
-        tokenizer.save_pretrained(folder)
-        if state.core.prior is not None:
-            from larp.hub import write_folder
-
-            write_folder(run_dir / "prior", {"_class_name": "LatentPrior", **config_to_dict(state.core.prior.config)},
-                         state.core.prior.state_dict())
-        logger.info("exported the tokenizer to %s", folder)
-    dist.barrier(info)
-    return folder
