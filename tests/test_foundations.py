@@ -77,6 +77,16 @@ def test_a_full_disk_names_the_file(tmp_path):
     assert info.value.errno == errno.ENOSPC and not target.exists()
 
 
+def test_a_short_write_reported_by_torch_is_a_full_disk(tmp_path):
+    with pytest.raises(OSError, match="no space left on the device while writing") as info:
+        with atomic_path(tmp_path / "state.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4096 vs 4032")
+    assert info.value.errno == errno.ENOSPC
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors pass through as they are
+        with atomic_path(tmp_path / "state.pt"):
+            raise RuntimeError("shape mismatch")
+
+
 def test_the_temporary_keeps_the_suffix(tmp_path):
     with atomic_path(tmp_path / "clip.mp4") as tmp:
         assert tmp.suffix == ".mp4" and tmp.parent == tmp_path

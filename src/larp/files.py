@@ -32,12 +32,26 @@ __all__ = [
     "append_jsonl",
     "atomic_path",
     "disk_full_message",
+    "is_disk_full",
     "read_jsonl",
     "write_json_atomic",
     "write_text_atomic",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# What torch.save and safetensors report when the disk fills during a write, instead of ENOSPC:
+# "[enforce fail at inline_container.cc] unexpected pos ...", "... file write failed",
+# "IoError(Os { code: 28, kind: StorageFull, ... })".
+_SHORT_WRITE_MARKERS = ("unexpected pos", "file write failed", "no space left", "storagefull", "os error 28")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` means the disk (or the quota) filled up during a write, whoever raised it."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    return isinstance(error, Exception) and any(m in str(error).lower() for m in _SHORT_WRITE_MARKERS)
 
 
 def disk_full_message(path: str | os.PathLike) -> str:
@@ -49,8 +63,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers that pick a format by suffix work);
     on success it is renamed to ``path``, on any error it is removed and ``path`` is left as it was.
 
-    A full disk (``ENOSPC``, or the errors writers raise when a short write cuts their file) becomes an
-    ``OSError`` that names ``path`` and says so.
+    A full disk (``ENOSPC``, or the errors torch and safetensors raise when a short write cuts their file:
+    :func:`is_disk_full`) becomes an ``OSError`` that names ``path`` and says so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +78,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException as error:
         tmp_path.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        if is_disk_full(error):
             raise OSError(errno.ENOSPC, disk_full_message(path)) from error
         raise
 
@@ -112,7 +126,7 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
             handle.write(line.encode("utf-8"))
             handle.flush()
         except OSError as error:
-            if error.errno == errno.ENOSPC:
+            if is_disk_full(error):
                 raise OSError(errno.ENOSPC, disk_full_message(path)) from error
             raise
 

@@ -27,17 +27,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from larp.files import disk_full_message, write_text_atomic
+from larp.files import disk_full_message, is_disk_full, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "state.pt"
 LATEST_NAME = "latest"
 _FOLDER = re.compile(r"step-(\d+)")
-# What torch.save and safetensors report when the disk fills during a write, instead of ENOSPC:
-# "[enforce fail at inline_container.cc] unexpected pos ...", "... file write failed",
-# "IoError(Os { code: 28, kind: StorageFull, ... })".
-_SHORT_WRITE_MARKERS = ("unexpected pos", "file write failed", "no space left", "storagefull", "os error 28")
 
 
 class CheckpointError(ValueError):
@@ -59,12 +55,6 @@ def checkpoint_folders(run_dir: str | os.PathLike) -> list[Path]:
 
 def _step_of(folder: Path) -> int:
     return int(_FOLDER.fullmatch(folder.name).group(1))
-
-
-def _is_disk_full(error: BaseException) -> bool:
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return True
-    return isinstance(error, Exception) and any(m in str(error).lower() for m in _SHORT_WRITE_MARKERS)
 
 
 def save_checkpoint(
@@ -107,7 +97,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         if renamed:  # `latest` still names the previous checkpoint: leave the folder as it was before the save
             shutil.rmtree(final, ignore_errors=True)
-        if _is_disk_full(error):
+        if is_disk_full(error):
             raise OSError(errno.ENOSPC, disk_full_message(final)) from error
         raise
     folders = checkpoint_folders(run_dir)
