@@ -307,7 +307,7 @@ def load_existing_entries(
     if not present:
         raise ValueError(
             f"all {len(entries)} videos of {str(source)!r} are missing {where}: {examples}; "
-            "pass the folder its paths are relative to as data.root (--set data.root=DIR) or --root"
+            "pass the folder its paths are relative to as data.root (--set data.root=DIR, or --root where a command has it)"
         )
     if missing:
         logger.warning(

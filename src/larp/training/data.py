@@ -226,7 +226,7 @@ class TrainStream:
         if every_video:
             summary = f"no readable clip: all {len(self.items)} videos of the dataset failed ({self._attempts} tries: "
         else:
-            summary = f"no readable clip in the first {self._attempts} videos tried ({self._attempts} failed: "
+            summary = f"no readable clip in {self._attempts} tries ({self._attempts} failed: "
         raise DataError(f"{summary}{detail}); check the videos with `larp scan MANIFEST_OR_FOLDER`")
 
     def state_dict(self) -> dict[str, int]:
