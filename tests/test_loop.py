@@ -63,10 +63,12 @@ class Regression:
 
     def evaluate(self, step: int) -> dict[str, float]:
         self.events.append(("eval", step))
+        torch.randn(5)  # validation that draws random numbers (as a DataLoader does)
         return {"val_bias": self.model.bias.item()}
 
     def write_samples(self, step: int) -> None:
         self.events.append(("samples", step))
+        torch.rand(3)
 
     def export(self) -> None:
         self.events.append(("export", -1))
@@ -78,10 +80,11 @@ class Regression:
         return {"optimizer": self.optimizer, "stream": self.stream}
 
 
-def _run(run_dir: Path, *, resume: bool = False, stop_after: int | None = None) -> tuple[Regression, Trainer]:
+def _run(run_dir: Path, *, resume: bool = False, stop_after: int | None = None,
+         cadence: Cadence = CADENCE) -> tuple[Regression, Trainer]:
     run_dir.mkdir(exist_ok=True)
     task = Regression(run_dir)
-    trainer = Trainer(task, CADENCE, CPU, run_dir=run_dir, progress=False)
+    trainer = Trainer(task, cadence, CPU, run_dir=run_dir, progress=False)
     trainer.start(resume=resume, seed=3)
     trainer.fit(stop_after)
     trainer.export()
@@ -119,6 +122,13 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert torch.equal(resumed.model.weight, straight.model.weight) and torch.equal(resumed.model.bias, straight.model.bias)
     drop = lambda lines: [{k: v for k, v in line.items() if k != "rows_per_s"} for line in lines]
     assert drop(_lines(tmp_path / "cut")) == drop(_lines(tmp_path / "straight"))
+
+
+def test_validation_and_samples_do_not_move_the_training_random_stream(tmp_path):
+    often, _ = _run(tmp_path / "often", cadence=Cadence(steps=7, log_every=1, eval_every=1, sample_every=1))
+    rarely, _ = _run(tmp_path / "rarely", cadence=Cadence(steps=7, log_every=7, eval_every=7, sample_every=7))
+    assert len(often.events) > len(rarely.events)
+    assert torch.equal(often.model.weight, rarely.model.weight) and torch.equal(often.model.bias, rarely.model.bias)
 
 
 def test_a_checkpoint_without_a_part_is_a_clear_error(tmp_path):

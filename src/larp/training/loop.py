@@ -98,6 +98,13 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def _isolated_rng(info: dist.DistInfo) -> AbstractContextManager:
+    """Validation and samples draw from a fork of the random state (a DataLoader draws its base seed even
+    without workers), so when they run never changes the training's random stream: a run may change its
+    ``eval_every`` / ``sample_every`` on resume and still give the same weights."""
+    return torch.random.fork_rng(devices=[info.device] if info.device.type == "cuda" else [])
+
+
 # ------------------------------------------------------------------------------------------ step pieces
 def micro_batches(model: nn.Module, accumulation: int) -> Iterator[tuple[int, AbstractContextManager]]:
     """``(index, context)`` for each micro-batch of a step: run its forward and backward inside the context.
@@ -226,14 +233,16 @@ class Trainer:
                     logged[f"{task.unit}_per_s"] = items_per_step * (step - first_step) / elapsed
                     if validate:
                         if main:
-                            logged.update(task.evaluate(step))
+                            with _isolated_rng(info):
+                                logged.update(task.evaluate(step))
                         dist.barrier(info)
                     if writer is not None:
                         writer.write(step, logged)
                     bar.set_postfix({k: f"{logged[k]:.3g}" for k in (*task.progress_keys, f"{task.unit}_per_s")
                                      if k in logged})
                 if main and self.run_dir is not None and (_due(step, cadence.sample_every) or last):
-                    task.write_samples(step)
+                    with _isolated_rng(info):
+                        task.write_samples(step)
                 done = last or (stop_after is not None and step >= stop_after)
                 if self.run_dir is not None and (_due(step, cadence.checkpoint_every) or done):
                     self.save()

@@ -29,15 +29,16 @@ RECIPE_NAME = "recipe.yaml"
 METRICS_NAME = "metrics.jsonl"
 
 # Recipe settings a run may be resumed with changed (dotted keys): they decide how data is loaded, what is
-# logged and how often checkpoints are written, never the weights. Every other setting must match the one
-# the run was started with. Not in the set, on purpose:
-# * eval_every, sample_every, data.val_*: validation iterates a DataLoader, which draws its base seed from
-#   the global torch generator, so moving an evaluation moves the random draws of every later step;
+# logged or evaluated and how often checkpoints are written, never the weights. Every other setting must match
+# the one the run was started with. Validation and samples run on a fork of the random state
+# (larp.training.loop), so their cadence does not move the training's random draws; data.num_workers is safe
+# because every sample's randomness comes from its own seed (larp.training.data). Not in the set, on purpose:
+# * data.val_*: the validation numbers of the run would stop being comparable;
 # * steps: the learning-rate and scheduled-sampling schedules are functions of it;
 # * compile, precision: they change the numerics.
-# data.num_workers is safe because every sample's randomness comes from its own seed (larp.training.data).
 RESUME_IGNORED: frozenset[str] = frozenset(
-    {"data.num_workers", "tensorboard", "log_every", "checkpoint_every", "keep_checkpoints"}
+    {"data.num_workers", "tensorboard", "log_every", "eval_every", "sample_every", "checkpoint_every",
+     "keep_checkpoints"}
 )
 
 
