@@ -37,44 +37,18 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _bounded(parse, lowest: float, *, above: bool, highest: float | None = None, what: str):
+    """An argparse type: ``parse(text)``, then ``lowest <= value`` (``<`` when ``above``) and
+    ``value <= highest``; ``what`` is the expectation the error states."""
 
+    def check(text: str):
+        value = parse(text)
+        if (value <= lowest if above else value < lowest) or (highest is not None and value > highest):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
 
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0."""
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number >= 0."""
-    value = _finite(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in (0, 1]."""
-    value = _finite(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
+    check.__name__ = what  # argparse names the type in some messages
+    return check
 
 
 def _int(text: str) -> int:
@@ -92,3 +66,10 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+positive_int = _bounded(_int, 1, above=False, what="an integer >= 1")
+nonnegative_int = _bounded(_int, 0, above=False, what="an integer >= 0")
+positive_float = _bounded(_finite, 0.0, above=True, what="a number > 0")
+nonnegative_float = _bounded(_finite, 0.0, above=False, what="a number >= 0")
+probability = _bounded(_finite, 0.0, above=True, highest=1.0, what="a number in (0, 1]")
