@@ -147,3 +147,15 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
         FolderLock(tmp_path, what="demo").acquire()
     first.release()
     FolderLock(tmp_path).acquire().release()
+
+
+def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_holder(tmp_path):
+    holder = os.fork()
+    if holder == 0:  # a run that holds the lock, starts a worker, then dies without clean-up (kill -9)
+        lock = FolderLock(tmp_path).acquire()  # noqa: F841 - held until the process dies
+        if os.fork() == 0:  # the worker outlives it
+            time.sleep(3)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(holder, 0)
+    FolderLock(tmp_path).acquire().release()  # not held by the orphaned worker: it closed its copy at fork

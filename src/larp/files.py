@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,26 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+# Locks held by this process. A forked child (a DataLoader worker) inherits their descriptors, and an
+# ``flock`` lives while any descriptor of it is open: the child closes its copies (closing, unlike unlocking,
+# leaves the parent's lock in place), so a killed parent never leaves its folder locked by orphaned workers.
+_HELD_LOCKS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_inherited_locks() -> None:
+    for lock in list(_HELD_LOCKS):
+        if lock._handle is not None:
+            try:
+                lock._handle.close()
+            except OSError:
+                pass
+            lock._handle = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 class FolderLockedError(RuntimeError):
     """Another live process holds the folder."""
 
@@ -162,7 +183,8 @@ class FolderLock:
     Use as a context manager, or call :meth:`acquire` / :meth:`release`. The lock file ``FOLDER/.lock``
     records the holder's pid for the error message; the lock itself is ``fcntl.flock``, which the kernel
     drops when the process exits, however it exits (``kill -9`` included). Locks are per open file, so a
-    second lock of the same folder in the same process is refused too.
+    second lock of the same folder in the same process is refused too. Forked children (DataLoader workers)
+    close their inherited copy, so only this process holds the lock.
     """
 
     def __init__(self, folder: str | os.PathLike, *, what: str = "run"):
@@ -195,6 +217,7 @@ class FolderLock:
         handle.write(f"pid {os.getpid()}\n")
         handle.flush()
         self._handle = handle
+        _HELD_LOCKS.add(self)
         return self
 
     def release(self) -> None:
@@ -204,6 +227,7 @@ class FolderLock:
             fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
+        _HELD_LOCKS.discard(self)
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
