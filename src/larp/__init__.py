@@ -7,6 +7,7 @@ from larp.version import __version__
 from larp.models.generator import GENERATOR_PRESETS, GeneratorConfig, LARPGenerator
 from larp.models.quantizer import QuantizerConfig
 from larp.models.tokenizer import TOKENIZER_PRESETS, LARPTokenizer, TokenizerConfig
+from larp.video_tokens import TokenizedVideo, detokenize_video, tokenize_video
 
 __all__ = [
     "GENERATOR_PRESETS",
@@ -15,6 +16,9 @@ __all__ = [
     "LARPTokenizer",
     "QuantizerConfig",
     "TOKENIZER_PRESETS",
+    "TokenizedVideo",
     "TokenizerConfig",
     "__version__",
+    "detokenize_video",
+    "tokenize_video",
 ]
