@@ -15,13 +15,19 @@ from larp.data.synthetic import SyntheticVideos
 from larp.models.generator import GeneratorConfig, LARPGenerator
 from larp.training.generator_trainer import batch_tokens, token_metrics, train_generator, weight_decay_groups
 from larp.training.recipe import GeneratorTrainConfig, apply_overrides, recipe_from_dict
-from larp.training.token_cache import TokenRows, build_token_cache, encode_clips
+from larp.data.token_dataset import TokenWindows
+from larp.training.token_cache import encode_clips
+from larp.training.token_sources import build_token_cache, stack_windows
 from tests.conftest import perturb_
 
 
 @pytest.fixture
 def tokenizer_dir(tmp_path_factory):
-    """A small random tokenizer: 16 frames of 32x32, 16 tokens, codebook 64."""
+    return save_small_tokenizer(tmp_path_factory)
+
+
+def save_small_tokenizer(tmp_path_factory):
+    """A small random tokenizer: 16 frames of 32x32, 16 tokens, codebook 64; its folder."""
     torch.manual_seed(3)
     config = larp.TokenizerConfig(**{**larp.TOKENIZER_PRESETS["larp-tiny"].__dict__, "num_tokens": 16,
                                      "encoder_hidden_size": 32, "decoder_hidden_size": 32, "encoder_depth": 1,
@@ -88,9 +94,9 @@ def test_token_cache_rows_labels_and_reuse(tmp_path, tokenizer_dir):
     tokenizer = larp.LARPTokenizer.from_pretrained(tokenizer_dir)
     folder = build_token_cache(tokenizer, tmp_path / "cache", data=recipe.data, tokens=recipe.tokens,
                                condition_frames=None, progress=False)
-    train = TokenRows(folder / "train")
+    train = TokenWindows(folder / "train")
     assert len(train) == 2 * 48  # every clip and its mirror image
-    rows = train.all()
+    rows = stack_windows(train)
     assert rows["tokens"].shape == (96, 16) and rows["tokens"].dtype == torch.int64
     # rows come in encoding batches (16 clips here), each followed by its mirror images: right (0) <-> left (1)
     data = SyntheticVideos(num_videos=48, frames=16, size=32)
@@ -100,12 +106,12 @@ def test_token_cache_rows_labels_and_reuse(tmp_path, tokenizer_dir):
     clips = torch.stack([data[i]["video"] for i in range(4)])
     assert torch.equal(rows["tokens"][:4], tokenizer.encode(clips))
     assert torch.equal(rows["tokens"][16:20], tokenizer.encode(clips.flip(-1)))
-    assert len(TokenRows(folder / "val")) == 8
+    assert len(TokenWindows(folder / "val")) == 8
 
-    stamp = (folder / "train" / "00000.tokens.npy").stat().st_mtime_ns
+    stamp = (folder / "train" / "shard-00000.parquet").stat().st_mtime_ns
     build_token_cache(tokenizer, folder, data=recipe.data, tokens=recipe.tokens, condition_frames=None,
                       progress=False)  # reused, not rebuilt
-    assert (folder / "train" / "00000.tokens.npy").stat().st_mtime_ns == stamp
+    assert (folder / "train" / "shard-00000.parquet").stat().st_mtime_ns == stamp
     other = recipe_for(tokenizer_dir, tmp_path, "tokens.clips_per_video=2")
     with pytest.raises(ValueError, match="clips_per_video"):
         build_token_cache(tokenizer, folder, data=other.data, tokens=other.tokens, condition_frames=None,
@@ -171,7 +177,7 @@ def test_frame_prediction_training_runs(tmp_path, tokenizer_dir):
     folder = train_generator(recipe, tmp_path / "fp", progress=False)
     model = LARPGenerator.from_pretrained(folder)
     assert model.config.frame_prediction and model.tok_embeddings.weight.shape[0] == 65  # + SEP
-    assert TokenRows(tmp_path / "cache" / "train").all()["cond"].shape == (96, 16)
+    assert stack_windows(TokenWindows(tmp_path / "cache" / "train"))["cond"].shape == (96, 16)
 
 
 def test_cli_trains_then_samples(tmp_path, tokenizer_dir, capsys):
@@ -190,22 +196,23 @@ def test_cli_trains_then_samples(tmp_path, tokenizer_dir, capsys):
     assert "tokens.tokenizer is required" in capsys.readouterr().err
 
 
-def test_tokenize_manifest_builds_the_cache_a_recipe_reuses(tmp_path, tokenizer_dir, capsys):
+def test_tokenize_config_builds_the_cache_a_recipe_reuses(tmp_path, tokenizer_dir, capsys):
     from larp.data.video_io import write_video
 
     for label, name in enumerate(("jump", "run")):
         for i in range(3):
             (tmp_path / "videos" / name).mkdir(parents=True, exist_ok=True)
             write_video(tmp_path / "videos" / name / f"{i}.mp4", torch.rand(3, 18, 32, 32) * 0.5 + 0.25 * label, fps=8)
-    cache = tmp_path / "cache"
-    assert main(["-q", "tokenize", "--manifest", str(tmp_path / "videos"), "--set", "data.val_videos=2", "--tokenizer",
-                 str(tokenizer_dir), "-o", str(cache)]) == 0
-    assert "12 training rows, 2 validation rows" in capsys.readouterr().out
-    stamp = (cache / "train" / "00000.tokens.npy").stat().st_mtime_ns
     recipe = recipe_for(tokenizer_dir, tmp_path, f"data.manifest={tmp_path / 'videos'}", "data.val_videos=2",
                         "steps=1", "batch_size=4")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(larp.config.config_to_dict(recipe)))
+    cache = tmp_path / "cache"
+    assert main(["-q", "tokenize", "--config", str(path), "-o", str(cache)]) == 0
+    assert "12 training rows, 2 validation rows" in capsys.readouterr().out
+    stamp = (cache / "train" / "shard-00000.parquet").stat().st_mtime_ns
     train_generator(recipe, tmp_path / "run", progress=False)
-    assert (cache / "train" / "00000.tokens.npy").stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert sorted(set(TokenRows(cache / "train").all()["label"].tolist())) == [0, 1]
+    assert (cache / "train" / "shard-00000.parquet").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert sorted(set(stack_windows(TokenWindows(cache / "train"))["label"].tolist())) == [0, 1]
     assert main(["-q", "tokenize", "--tokenizer", str(tokenizer_dir), "-o", str(cache)]) == 1
-    assert "either video files or --manifest" in capsys.readouterr().err
+    assert "either video files" in capsys.readouterr().err

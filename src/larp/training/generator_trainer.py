@@ -1,7 +1,8 @@
 """Training LARP AR generators on the tokens of a frozen tokenizer (LARP.md D.2 class-conditional, D.3 frame
 prediction).
 
-One step: take a batch of token rows (from the token cache) or of clips (encoded on the fly by the frozen
+One step: take a batch of token rows (from a token dataset or the token cache, :mod:`larp.training.token_sources`)
+or of clips (encoded on the fly by the frozen
 tokenizer in deterministic mode, the official way); teacher-forced logits of the generator under autocast;
 mean token cross-entropy; AdamW with weight decay on ``nn.Linear`` weights only; warmup + cosine. Class
 dropout for classifier-free guidance happens inside the model in training mode. :class:`GeneratorTask`
@@ -31,7 +32,8 @@ from larp.training.loop import Cadence, Metrics, Stateful, Trainer, micro_batche
 from larp.training.optim import lr_multiplier, set_lr
 from larp.training.recipe import GeneratorTrainConfig
 from larp.training.run_dir import prepare_run_dir
-from larp.training.token_cache import TokenRows, build_token_cache, encode_clips
+from larp.training.token_cache import encode_clips
+from larp.training.token_sources import build_token_cache, load_token_rows
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def load_frozen_tokenizer(recipe: GeneratorTrainConfig, device: torch.device) ->
 
 def _check_data(recipe: GeneratorTrainConfig) -> None:
     data = recipe.data
-    if recipe.model.frame_prediction or data.manifest is not None:
+    if recipe.model.frame_prediction or data.manifest is not None or recipe.tokens.dataset is not None:
         return
     if data.synthetic_classes > recipe.model.num_classes:
         raise ValueError(f"the synthetic data has {data.synthetic_classes} classes but model.num_classes is "
@@ -86,18 +88,20 @@ def build_generator_task(
     """Generator, optimizer, token stream and validation tokens of a fresh run (weights random, step 0)."""
     _check_data(recipe)
     frame_prediction = recipe.model.frame_prediction
-    if recipe.tokens.cache is not None:
-        cache = Path(recipe.tokens.cache)
+    if recipe.tokens.dataset is None and recipe.tokens.cache is not None:
         if info.is_main:  # one process builds (or checks) the cache, the others wait and read it
-            build_token_cache(tokenizer, cache, data=recipe.data, tokens=recipe.tokens,
+            build_token_cache(tokenizer, recipe.tokens.cache, data=recipe.data, tokens=recipe.tokens,
                               condition_frames=recipe.condition_frames if frame_prediction else None, progress=progress)
         dist.barrier(info)
-        train, flip = TokenRows(cache / "train"), False
-        val = TokenRows(cache / "val").all()
+    rows = load_token_rows(recipe, tokenizer)
+    if rows is not None:  # token rows from disk: flips, if any, are rows of their own
+        train, val, source = rows
+        flip = False
     else:
         config = tokenizer.config
         train, val_clips, flip = build_datasets(recipe.data, frames=config.frame_num, size=config.input_size)
         val = _encode_dataset(val_clips, tokenizer, recipe)
+        source = "encoded on the fly"
 
     torch.manual_seed(recipe.seed)  # identical initial weights on every rank
     generator = LARPGenerator(recipe.model).to(info.device).train()
@@ -108,8 +112,10 @@ def build_generator_task(
     stream = TrainStream(train, batch_size=recipe.batch_size, seed=recipe.seed, rank=info.rank,
                          world_size=info.world_size, num_workers=recipe.data.num_workers, flip=flip)
     scaler = torch.amp.GradScaler(info.device.type, enabled=needs_grad_scaler(recipe.precision, info.device))
-    return GeneratorTask(recipe, info, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
+    task = GeneratorTask(recipe, info, model=model, optimizer=optimizer, scaler=scaler, stream=stream,
                          tokenizer=tokenizer, val=val, run_dir=run_dir)
+    task.token_source = source
+    return task
 
 
 @torch.no_grad()
@@ -152,9 +158,9 @@ def batch_tokens(
     frame_prediction = model.frame_prediction
     if "tokens" in batch:
         tokens, cond = batch["tokens"], batch.get("cond")
-        _check_range("token rows", tokens, model.vocab_size, "was the token cache made with another tokenizer?")
+        _check_range("token rows", tokens, model.vocab_size, "were the tokens made by another tokenizer?")
         if frame_prediction:
-            _check_range("condition rows", cond, model.vocab_size, "was the token cache made with another tokenizer?")
+            _check_range("condition rows", cond, model.vocab_size, "were the tokens made by another tokenizer?")
         tokens = tokens.to(device, non_blocking=True)
     else:
         tokens, cond = encode_clips(tokenizer, batch["video"], precision=recipe.tokens.precision,
@@ -217,6 +223,7 @@ class GeneratorTask:
         self.model, self.optimizer, self.scaler, self.stream = model, optimizer, scaler, stream
         self.tokenizer, self.val = tokenizer, val
         self.items_per_step = recipe.batch_size * recipe.optim.accumulation
+        self.token_source = "from the stream given"  # where the tokens come from, for the log
         self.export_dir = run_dir / "generator" if run_dir is not None else None
 
     @property
@@ -341,8 +348,7 @@ def train_generator(
         if info.is_main:
             logger.info("generator %s parameters; %d steps of %d sequences x %d process(es) on %s, %s; tokens %s",
                         f"{task.core.num_parameters():,}", recipe.steps, task.items_per_step, info.world_size,
-                        info.device, resolve_precision(recipe.precision, info.device),
-                        f"from the cache {recipe.tokens.cache}" if recipe.tokens.cache else "encoded on the fly")
+                        info.device, resolve_precision(recipe.precision, info.device), task.token_source)
         trainer.fit(stop_after)
         return trainer.export()
     finally:

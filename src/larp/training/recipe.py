@@ -181,11 +181,23 @@ class GeneratorOptimConfig:
 
 @dataclass(frozen=True)
 class TokenSourceConfig:
-    """Where the training tokens come from: a frozen tokenizer in deterministic mode (LARP.md D.2)."""
+    """Where the training tokens come from: a frozen tokenizer in deterministic mode (LARP.md D.2).
 
-    tokenizer: str = ""  # folder or HuggingFace repo id (required)
-    # A token cache folder: built from `data` on first use (or by `larp tokenize --manifest`), then read.
-    # None: the tokenizer encodes every batch on the fly, as the official trainer.
+    Three sources, the first given wins: ``dataset`` (a token dataset on disk; ``data`` is not used), ``cache``
+    (the tokens of ``data``'s clips, encoded once), else every batch of ``data`` encoded on the fly.
+    """
+
+    tokenizer: str = ""  # folder or HuggingFace repo id (required); the tokens' tokenizer (fingerprint checked)
+    # A token dataset folder written by `larp tokenize --manifest` (dataset.json + Parquet shards): each full
+    # window is a sample, its label the row's. Made by this tokenizer (its weights' fingerprint must match).
+    dataset: str | None = None
+    # validation windows of `dataset`: another token dataset, or (null) `val_windows` windows spread evenly
+    # over `dataset` (every (windows / val_windows)-th), which are then left out of training
+    val_dataset: str | None = None
+    val_windows: int = 256
+    # A token cache folder: built from `data` on first use (or by `larp tokenize --config RECIPE`), then read;
+    # the same format as a token dataset (one row per clip). None (and no dataset): the tokenizer encodes
+    # every batch on the fly, as the official trainer.
     cache: str | None = None
     clips_per_video: int = 1  # cache: random-start clips stored per video, each also flipped with data.random_flip
     clip_seed: int = 0  # cache: seeds the clips' random starts
@@ -230,10 +242,13 @@ class GeneratorTrainConfig:
             raise ValueError("tokens.tokenizer is required: the tokenizer folder or repo id whose tokens to model")
         _check_bounds(self, at_least={
             **_RUN_MINIMUMS, "optim.accumulation": 1, "tokens.clips_per_video": 1, "tokens.encode_batch_size": 1,
+            "tokens.val_windows": 1,
             "condition_frames": 1, "sampling.classes": 1, "sampling.per_class": 1,
             "data.num_workers": 0, "data.synthetic_videos": 1, "data.val_videos": 1,
             "optim.lr": 0, "optim.warmup_steps": 0, "optim.grad_clip": 0, "optim.weight_decay": 0,
         }, fractions=())
+        if self.tokens.val_dataset is not None and self.tokens.dataset is None:
+            raise ValueError("tokens.val_dataset needs tokens.dataset (the training windows)")
 
 
 
