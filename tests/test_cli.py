@@ -1,5 +1,5 @@
-"""The ``larp`` command end to end on generated videos: info, tokenize (files and token caches), reconstruct,
-recipes by name, and its errors."""
+"""The ``larp`` command end to end on generated videos: info, tokenize (whole video files and token caches),
+detokenize, reconstruct, recipes by name, and its errors."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from larp.cli.main import main
-from larp.data.video_io import probe_video, read_video, write_video
+from larp.data.video_io import probe_video, write_video
+from larp.data.windows import VideoWindows
 from larp.models.generator import LARPGenerator
 from larp.models.tokenizer import LARPTokenizer
-from larp.training.token_cache import TokenRows
+from larp.training.token_cache import tokenizer_fingerprint
+from larp.video_tokens import window_plan
 from tests.conftest import perturb_
 
 
@@ -52,15 +53,20 @@ def test_tokenize_writes_ids_and_sidecar(tmp_path, tokenizer_folder, video_file,
     code = main(["tokenize", video_file, str(second), "--tokenizer", tokenizer_folder, "-o", str(out), "--device", "cpu"])
     assert code == 0
     ids = np.load(out / "clip one.npy")
-    assert ids.shape == (32,) and ids.dtype == np.int64
+    assert ids.shape == (2, 32) and ids.dtype == np.int64  # 20 frames: two 16-frame windows, 12 frames padded
     sidecar = json.loads((out / "clip one.json").read_text())
-    assert sidecar["frames"] == 16 and sidecar["size"] == 32 and sidecar["num_tokens"] == 32
-    assert sidecar["model"] == tokenizer_folder and sidecar["video"] == video_file
+    assert sidecar == {
+        "video": video_file, "source_fps": 10.0, "source_frames": 20, "source_size": [48, 40], "fps": 10.0,
+        "start": 0.0, "frames_per_window": 16, "num_windows": 2, "pad_frames": 12, "resize": "crop",
+        "letterbox": None, "size": 32, "stride": None, "end": None, "tokens_per_window": 32, "codebook_size": 256,
+        "tokenizer": tokenizer_folder, "tokenizer_fingerprint": tokenizer_fingerprint(tiny_tokenizer),
+        "stochastic": False, "seed": None, "dtype": "fp32",
+    }
     assert (out / "clip one-1.npy").is_file()
-    # the ids are exactly what the Python API gives for the same clip
-    clip = read_video(video_file, num_frames=16, size=32)
-    assert np.array_equal(ids, tiny_tokenizer.encode(clip[None])[0].numpy())
-    assert "wrote 2 token file(s)" in capsys.readouterr().out
+    # the ids are exactly what the Python API gives for the same windows
+    windows = torch.stack(list(VideoWindows(video_file, window_plan(tiny_tokenizer))))
+    assert np.array_equal(ids, tiny_tokenizer.encode(windows).numpy())
+    assert "wrote 2 token file(s) (4 windows)" in capsys.readouterr().out
 
 
 def test_tokenize_stochastic_is_seeded(tmp_path, tokenizer_folder, video_file):
@@ -77,17 +83,29 @@ def test_reconstruct_prints_psnr_and_writes_the_video(tmp_path, tokenizer_folder
     out = tmp_path / "recon.mp4"
     assert main(["reconstruct", video_file, "--tokenizer", tokenizer_folder, "-o", str(out), "--side-by-side"]) == 0
     printed = capsys.readouterr().out
-    match = re.search(r"PSNR (-?[\d.]+) dB \(16 frames 32x32, 32 tokens\)", printed)
+    windows = re.findall(r"window (\d): PSNR (-?[\d.]+) dB \(frames (\d+)-(\d+)\)", printed)
+    assert [(w, lo, hi) for w, _, lo, hi in windows] == [("0", "0", "15"), ("1", "16", "19")], printed
+    match = re.search(r"PSNR (-?[\d.]+) dB over 20 frames \(2 window\(s\) of 16 frames 32x32, 32 tokens each, "
+                      r"12 padded\)", printed)
     assert match, printed
+    # the whole-video figure is the mean over frames: 16 frames of window 0, 4 of window 1
+    per_window = [float(value) for _, value, _, _ in windows]
+    assert float(match.group(1)) == pytest.approx((16 * per_window[0] + 4 * per_window[1]) / 20, abs=0.02)
     info = probe_video(out)
-    assert info.num_frames == 16 and (info.width, info.height) == (64, 32) and info.fps == pytest.approx(10)
+    assert info.num_frames == 20 and (info.width, info.height) == (64, 32) and info.fps == pytest.approx(10)
 
 
-def test_reconstruct_short_clip_with_stride_and_gif(tmp_path, tokenizer_folder, video_file):
+def test_reconstruct_with_stride_max_windows_and_gif(tmp_path, tokenizer_folder, video_file, capsys):
     out = tmp_path / "recon.gif"
-    args = ["reconstruct", video_file, "--tokenizer", tokenizer_folder, "-o", str(out), "--frames", "8", "--stride", "2"]
+    args = ["reconstruct", video_file, "--tokenizer", tokenizer_folder, "-o", str(out), "--stride", "2"]
     assert main(args) == 0
-    assert probe_video(out).num_frames == 8
+    assert probe_video(out).num_frames == 10
+    assert "over 10 frames (1 window(s) of 16 frames 32x32, 32 tokens each, 6 padded)" in capsys.readouterr().out
+    args = ["reconstruct", video_file, "--tokenizer", tokenizer_folder, "-o", str(out), "--max-windows", "1",
+            "--resize", "pad"]
+    assert main(args) == 0
+    info = probe_video(out)
+    assert info.num_frames == 16 and (info.width, info.height) == (32, 27)  # 48x40 letterboxed: 32x27 kept
 
 
 def test_reconstruct_of_a_perfect_copy_reports_the_100_db_floor(tmp_path, tokenizer_folder, video_file, capsys,
@@ -149,78 +167,11 @@ def test_info_on_token_files(tmp_path, tokenizer_folder, video_file, capsys):
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"token files {out}: 1 video(s)" in printed and "tokens: 32 per video, codebook 256" in printed
+    assert f"token files {out}: 1 video(s)" in printed and "tokens: 32 per window, codebook 256" in printed
+    assert "windows: 2 in all, of 16 frames of 32x32" in printed
 
 
-def _write_recipe(path, tokenizer, **model) -> str:
-    recipe = {"model_preset": "ar-tiny", "model": model, "tokens": {"tokenizer": tokenizer, "encode_batch_size": 8},
-              "data": {"synthetic_videos": 4, "val_videos": 2, "num_workers": 0}}
-    path.write_text(yaml.safe_dump(recipe))
-    return str(path)
-
-
-def test_tokenize_config_builds_a_recipes_cache_and_info_describes_it(tmp_path, tokenizer_folder, capsys):
-    recipe = _write_recipe(tmp_path / "fp.yaml", tokenizer_folder, frame_prediction=True)
-    cache = tmp_path / "cache"
-    assert main(["-q", "tokenize", "--config", recipe, "--set", "condition_frames=4", "-o", str(cache)]) == 0
-    assert "8 training rows, 2 validation rows" in capsys.readouterr().out
-    train = TokenRows(cache / "train").all()
-    assert train["tokens"].shape == (8, 32) and train["cond"].shape == (8, 32)
-    stored = json.loads((cache / "cache.json").read_text())
-    # exactly the keys and values larp 0.1.0 stored, so its caches are reused by this version
-    fingerprint = stored.pop("tokenizer_fingerprint")
-    assert len(fingerprint) == 64
-    assert stored == {
-        "format": "larp-token-cache", "version": 1, "tokenizer": tokenizer_folder, "num_tokens": 32,
-        "codebook_size": 256, "frames": 16, "size": 32, "clips_per_video": 1, "clip_seed": 0, "flip": True,
-        "condition_frames": 4,
-        "data": {"random_flip": True, "synthetic_videos": 4, "synthetic_classes": 4, "synthetic_object_size": [12, 16],
-                 "synthetic_speed": [0.6, 1.2], "synthetic_background": "black", "synthetic_seed": 0, "val_videos": 2},
-    }
-
-    assert main(["info", str(cache)]) == 0
-    printed = capsys.readouterr().out
-    assert f"token cache {cache} (larp-token-cache version 1)" in printed
-    assert f"weights fingerprint {fingerprint[:16]}" in printed
-    assert "tokens: 32 per row, codebook 256, from clips of 16 frames of 32x32" in printed
-    assert "train: 8 rows, 4 class label(s)" in printed and "val: 2 rows" in printed
-    assert "kind: frame prediction (each row also holds the tokens of its first 4 frames)" in printed
-
-    # the same request again is a reuse; another one is refused with the settings that differ
-    stamp = (cache / "train" / "00000.tokens.npy").stat().st_mtime_ns
-    assert main(["-q", "tokenize", "--config", recipe, "--set", "condition_frames=4", "-o", str(cache)]) == 0
-    assert (cache / "train" / "00000.tokens.npy").stat().st_mtime_ns == stamp
-    assert main(["-q", "tokenize", "--config", recipe, "--set", "tokens.clip_seed=1", "-o", str(cache)]) == 1
-    assert "clip_seed, condition_frames differ" in capsys.readouterr().err
-
-
-def test_tokenize_manifest_takes_recipe_keys_with_set(tmp_path, tokenizer_folder, capsys):
-    videos = tmp_path / "videos" / "wave"
-    videos.mkdir(parents=True)
-    noise = torch.rand(3, 3, 24, 32, 32, generator=torch.Generator().manual_seed(5))  # every frame differs
-    for i in range(2):
-        write_video(videos / f"{i}.mp4", noise[i], fps=8)
-    cache = tmp_path / "cache"
-    args = ["-q", "tokenize", "--manifest", str(tmp_path / "videos"), "--tokenizer", tokenizer_folder,
-            "-o", str(cache), "--set", "tokens.clips_per_video=3", "data.random_flip=false", "--dtype", "fp32",
-            "--set", "condition_frames=5", "data.val_videos=1"]
-    assert main(args) == 0
-    assert "6 training rows, 1 validation rows" in capsys.readouterr().out
-    stored = json.loads((cache / "cache.json").read_text())
-    assert stored["clips_per_video"] == 3 and stored["condition_frames"] == 5 and stored["flip"] is False
-    assert stored["data"]["manifest"] == str(tmp_path / "videos") and stored["data"]["val_videos"] == 1
-    rows = TokenRows(cache / "train").all()
-    assert rows["label"].tolist() == [0] * 6 and rows["cond"].shape == (6, 32)
-
-    # each clip's random start is derived from (clip_seed, clip, video) alone: one more video leaves the
-    # clips of the others as they were
-    write_video(videos / "2.mp4", noise[2], fps=8)
-    assert main([*args[:7], str(tmp_path / "cache3"), *args[8:]]) == 0
-    more = TokenRows(tmp_path / "cache3" / "train").all()["tokens"]
-    assert more.shape == (9, 32)
-    for clip in range(3):  # rows are clip-major: (clip 0: videos 0, 1[, 2]), (clip 1: ...), ...
-        assert torch.equal(more[3 * clip : 3 * clip + 2], rows["tokens"][2 * clip : 2 * clip + 2])
-    assert not torch.equal(rows["tokens"][0], rows["tokens"][2])  # video 0, clips 0 and 1: other starts
+# the recipe token-cache tests (tokenize --config) are in tests/test_token_cache_format.py
 
 
 @pytest.mark.parametrize("command, name, trainer", [
@@ -251,13 +202,55 @@ def test_corrupt_video_fails_with_one_line(tmp_path, tokenizer_folder, capsys):
     assert len(err.splitlines()) == 1 and err.startswith("larp tokenize: error:") and "broken.mp4" in err
 
 
-def test_short_video_fails_unless_padded(tmp_path, tokenizer_folder, capsys):
+def test_a_short_video_is_one_padded_window(tmp_path, tokenizer_folder):
     short = tmp_path / "short.mp4"
     write_video(short, moving_square(frames=10), fps=10)
-    assert main(["tokenize", str(short), "--tokenizer", tokenizer_folder, "-o", str(tmp_path / "t")]) == 1
-    err = capsys.readouterr().err
-    assert "short.mp4" in err and "10" in err
-    assert main(["tokenize", str(short), "--tokenizer", tokenizer_folder, "-o", str(tmp_path / "t"), "--pad"]) == 0
+    assert main(["tokenize", str(short), "--tokenizer", tokenizer_folder, "-o", str(tmp_path / "t")]) == 0
+    assert np.load(tmp_path / "t" / "short.npy").shape == (1, 32)
+    assert json.loads((tmp_path / "t" / "short.json").read_text())["pad_frames"] == 6
+
+
+def test_tokenize_then_detokenize_gives_the_source_length_and_rate(tmp_path, tokenizer_folder, capsys):
+    """The Done-when check at small scale: 40 frames at 25 fps with a 16-frame tokenizer."""
+    video = tmp_path / "talk.mp4"
+    write_video(video, moving_square(frames=40, height=48, width=64), fps=25)
+    out = tmp_path / "tokens"
+    assert main(["-q", "tokenize", str(video), "--tokenizer", tokenizer_folder, "-o", str(out)]) == 0
+    assert np.load(out / "talk.npy").shape == (3, 32)
+    sidecar = json.loads((out / "talk.json").read_text())
+    assert (sidecar["num_windows"], sidecar["pad_frames"], sidecar["fps"]) == (3, 8, 25.0)
+    back = tmp_path / "back.mp4"
+    assert main(["-q", "detokenize", str(out / "talk.npy"), "-o", str(back)]) == 0  # the sidecar's tokenizer
+    assert "40 frames 32x32 at 25 fps from 3 windows" in capsys.readouterr().out
+    info = probe_video(back)
+    assert (info.num_frames, info.fps, info.width, info.height) == (40, 25.0, 32, 32)
+    assert main(["-q", "detokenize", str(out / "talk.npy"), "-o", str(back), "--size", "64x48",
+                 "--tokenizer", tokenizer_folder]) == 0
+    info = probe_video(back)
+    assert (info.num_frames, info.width, info.height) == (40, 64, 48)
+    # --fps resamples by timestamp: 1.6 s at 8 fps = 13 frames, one window
+    assert main(["-q", "tokenize", str(video), "--tokenizer", tokenizer_folder, "-o", str(out), "--fps", "8",
+                 "--resize", "pad"]) == 0
+    sidecar = json.loads((out / "talk.json").read_text())
+    assert (sidecar["num_windows"], sidecar["pad_frames"], sidecar["fps"], sidecar["letterbox"]) == (1, 3, 8.0,
+                                                                                                   [4, 4, 0, 0])
+    assert main(["-q", "detokenize", str(out / "talk.npy"), "-o", str(back)]) == 0
+    info = probe_video(back)
+    assert (info.num_frames, info.fps, info.width, info.height) == (13, 8.0, 32, 24)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["tokenize", "{video}", "--tokenizer", "{tok}", "-o", "{tmp}/t", "--fps", "8", "--stride", "2"], "not both"),
+    (["tokenize", "{video}", "--tokenizer", "{tok}", "-o", "{tmp}/t", "--start", "2", "--end", "1"],
+     "--end 1 must be after --start 2"),
+    (["detokenize", "{tmp}/none.npy", "-o", "{tmp}/o.mp4"], "none.npy"),
+    (["detokenize", "{video}", "-o", "{tmp}/o.mp4"], "expected the .npy"),
+])
+def test_window_and_detokenize_errors_are_one_line(tmp_path, tokenizer_folder, video_file, capsys, args, message):
+    args = [a.format(video=video_file, tok=tokenizer_folder, tmp=tmp_path) for a in args]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
 
 
 @pytest.mark.parametrize(
@@ -289,5 +282,5 @@ def test_debug_shows_the_traceback(tmp_path, tokenizer_folder):
 def test_the_command_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "larp", "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
-    for command in ("tokenize", "reconstruct", "info"):
+    for command in ("tokenize", "detokenize", "reconstruct", "info"):
         assert command in result.stdout

@@ -19,7 +19,7 @@ from larp.hub import CONFIG_NAME, WEIGHTS_NAME, read_config_json, resolve_pretra
 
 EXPECTED = (
     "expected a tokenizer or generator folder (config.json + model.safetensors, larp or official format), "
-    "a HuggingFace repo id (owner/name), a preset name, a token cache folder (cache.json) or a folder of "
+    "a HuggingFace repo id (owner/name), a preset name, a token cache folder (train/dataset.json) or a folder of "
     "`larp tokenize` outputs (.npy + .json)"
 )
 
@@ -43,7 +43,7 @@ def run_info(args: argparse.Namespace) -> int:
     spec = args.model
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "cache.json").is_file():
+        if (path / "train" / "dataset.json").is_file():
             print(describe_token_cache(path))
         elif (path / CONFIG_NAME).is_file() or (path / WEIGHTS_NAME).is_file():
             print(describe_model_folder(resolve_pretrained(path), spec))
@@ -51,7 +51,7 @@ def run_info(args: argparse.Namespace) -> int:
             print(describe_token_files(path))
         else:
             inside = sorted(p.name for p in path.iterdir()
-                            if (p / CONFIG_NAME).is_file() or (p / "cache.json").is_file())
+                            if (p / CONFIG_NAME).is_file() or (p / "train" / "dataset.json").is_file())
             hint = ""
             if inside:  # a training run or the demo's folder: name the models in it
                 hint = f" (it holds {', '.join(f'{name}/' for name in inside)}: larp info {path / inside[0]})"
@@ -169,26 +169,27 @@ def _describe(class_name: str, config: Any, parameters: int, source: str) -> str
 # ------------------------------------------------------------------------------------------ tokens
 def describe_token_cache(folder: Path) -> str:
     """A token cache: rows per split, tokens per row, codebook, fingerprint and the settings that made it."""
-    from larp.training.token_cache import TokenRows, read_cache_settings, split_rows
+    from larp.data.token_dataset import read_rows
+    from larp.training.token_sources import read_cache_settings, split_info
 
     settings = read_cache_settings(folder)
     lines = [
-        f"token cache {folder} ({settings['format']} version {settings.get('version')})",
+        f"token cache {folder} (token dataset per split, cache version {settings.get('cache_version')})",
         f"tokenizer: {settings.get('tokenizer')} "
         f"(weights fingerprint {str(settings.get('tokenizer_fingerprint'))[:16]})",
         f"tokens: {settings.get('num_tokens')} per row, codebook {settings.get('codebook_size')}, from clips of "
         f"{settings.get('frames')} frames of {settings.get('size')}x{settings.get('size')}",
     ]
     for split in ("train", "val"):
-        rows = split_rows(folder / split)
-        if rows is None:
-            shards = len(list((folder / split).glob("*.labels.npy")))
+        info = split_info(folder / split)
+        if info is None:
+            shards = len(list((folder / split).glob("shard-*.parquet")))
             lines.append(f"{split}: incomplete ({shards} shard(s) finished; the next build resumes it)")
             continue
-        labels = TokenRows(folder / split).labels
-        known = sorted({int(label) for label in labels if label >= 0})
-        lines.append(f"{split}: {rows:,} rows, {len(known)} class label(s)"
-                     + (f", {int((labels < 0).sum()):,} unlabelled" if (labels < 0).any() else ""))
+        labels = read_rows(folder / split, ["label"]).column("label")
+        known = len({label for label in labels.to_pylist() if label is not None})
+        lines.append(f"{split}: {info['num_windows']:,} rows, {known} class label(s)"
+                     + (f", {labels.null_count:,} unlabelled" if labels.null_count else ""))
     condition = settings.get("condition_frames")
     if condition:
         lines.append(f"kind: frame prediction (each row also holds the tokens of its first {condition} frames)")
@@ -209,7 +210,7 @@ def describe_token_files(folder: Path) -> str:
             sidecar = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(sidecar, dict) and "num_tokens" in sidecar and path.with_suffix(".npy").is_file():
+        if isinstance(sidecar, dict) and "tokens_per_window" in sidecar and path.with_suffix(".npy").is_file():
             sidecars.append(sidecar)
     if not sidecars:
         raise ValueError(f"{folder} has .npy files but no `larp tokenize` sidecars (.json beside them): {EXPECTED}")
@@ -219,8 +220,9 @@ def describe_token_files(folder: Path) -> str:
 
     return "\n".join([
         f"token files {folder}: {len(sidecars)} video(s) tokenized by larp tokenize",
-        f"tokenizer: {values('model')}",
-        f"tokens: {values('num_tokens')} per video, codebook {values('codebook_size')}",
-        f"clips: {values('frames')} frames of {values('size')}x{values('size')}, stride {values('stride')}",
+        f"tokenizer: {values('tokenizer')}",
+        f"tokens: {values('tokens_per_window')} per window, codebook {values('codebook_size')}",
+        f"windows: {sum(int(s.get('num_windows', 0)) for s in sidecars)} in all, of {values('frames_per_window')} "
+        f"frames of {values('size')}x{values('size')} at {values('fps')} fps, resize {values('resize')}",
         f"stochastic codes: {values('stochastic')}",
     ])

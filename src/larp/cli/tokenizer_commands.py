@@ -1,9 +1,15 @@
-"""``larp tokenize`` and ``larp reconstruct``, and loading a tokenizer for any command."""
+"""``larp tokenize``, ``larp detokenize`` and ``larp reconstruct`` on whole videos, and loading a tokenizer
+for any command.
+
+A video is tokenized whole: consecutive windows of the tokenizer's clip length (:mod:`larp.data.windows`),
+``DIR/<stem>.npy`` of shape (windows, tokens per window) and ``DIR/<stem>.json``, the sidecar that says how
+they were made and is all ``larp detokenize`` needs to give the video back.
+"""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -15,44 +21,56 @@ from larp.cli.arguments import (
     add_device_option,
     add_dtype_option,
     add_set_option,
+    nonnegative_float,
     nonnegative_int,
     positive_float,
     positive_int,
 )
-from larp.data.video_io import probe_video, read_video, write_video
+from larp.cli.dataset_commands import add_dataset_args
+from larp.data.video_io import write_video
+from larp.data.windows import RESIZE_POLICIES, VideoWindows
 from larp.files import write_atomic, write_json_atomic
 from larp.models.tokenizer import LARPTokenizer
-from larp.precision import autocast, resolve_precision
+from larp.precision import resolve_precision
+from larp.video_tokens import (
+    decode_windows,
+    encode_windows,
+    iter_decoded,
+    strip_padding,
+    tokenize_video,
+    window_plan,
+)
 
 logger = logging.getLogger(__name__)
 
-VIDEO_BATCH_SIZE = 8  # clips per forward pass when tokenizing video files
+VIDEO_BATCH_SIZE = 8  # windows per forward pass when tokenizing video files
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     tokenize = commands.add_parser(
         "tokenize",
-        help="turn videos into LARP token ids (.npy + .json sidecar), or a dataset into a token cache",
-        description="Tokenize video files (one .npy of ids + a .json sidecar each, in -o DIR), or with "
-        "--manifest / --config a whole dataset into a token cache for `larp train-generator` (-o DIR is then "
-        "the recipe's tokens.cache). The cache's data and token settings are those of a generator recipe: "
-        "--set data.val_manifest=... data.random_flip=false tokens.clips_per_video=2 tokens.clip_seed=0, and "
-        "condition_frames=5 to also cache the condition tokens of frame prediction; with --config RECIPE they "
-        "start from that recipe (and its frame prediction setting). A train-generator run reuses the cache when "
-        "its recipe has the same settings.",
+        help="turn whole videos into LARP token ids (.npy + .json sidecar), a manifest into a token dataset, "
+        "or a recipe's data into its token cache",
+        description="Tokenize whole video files: consecutive windows of the tokenizer's clip length, at the "
+        "video's frame rate (or --fps / --stride), from --start to --end seconds; each video gives DIR/<stem>.npy "
+        "(windows x tokens per window) and DIR/<stem>.json (how they were made; `larp detokenize` reads it). "
+        "With --manifest, a folder or csv of videos becomes a token dataset (sharded Parquet) in -o DIR. With "
+        "--config RECIPE, the recipe's data become its token cache for `larp train-generator` (-o DIR is then the "
+        "recipe's tokens.cache; --set data.* tokens.* condition_frames=... adjust it).",
     )
     tokenize.add_argument("videos", nargs="*", metavar="VIDEO", help="video files (mp4, avi, webm, mkv, gif, ...)")
     tokenize.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder")
-    cache = tokenize.add_argument_group("token cache")
+    cache = tokenize.add_argument_group("token dataset and token cache")
     cache.add_argument("--manifest", metavar="MANIFEST",
-                       help="build a token cache of this csv manifest (official format) or folder of videos "
-                       "(data.manifest; several joined with +)")
+                       help="write a token dataset of this csv manifest (official format) or folder of videos")
     cache.add_argument("--config", metavar="RECIPE",
                        help="build the token cache of this generator recipe (file or packaged name): its data, "
                        "tokens.* and frame prediction settings, and its tokenizer unless --tokenizer is given")
-    add_set_option(cache, "data.*, tokens.* or condition_frames", "data.val_manifest=val.csv tokens.clips_per_video=2")
+    add_dataset_args(cache)
+    add_set_option(cache, "data.*, tokens.* or condition_frames (--config)",
+                   "data.val_manifest=val.csv tokens.clips_per_video=2")
     tokenize.add_argument("--batch-size", type=positive_int, default=None,
-                          help=f"clips per forward pass (default {VIDEO_BATCH_SIZE}; token cache: "
+                          help=f"windows per forward pass (default {VIDEO_BATCH_SIZE}; token cache: "
                           "tokens.encode_batch_size)")
     tokenize.add_argument(
         "--stochastic",
@@ -60,38 +78,83 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="sample codes (SVQ) instead of taking the nearest code (the released generators use the default)",
     )
     tokenize.add_argument("--seed", type=nonnegative_int, default=0, help="seed for --stochastic (default 0)")
-    _add_clip_args(tokenize)
+    add_window_args(tokenize)
     _add_model_args(tokenize, required=False)
     tokenize.set_defaults(run=run_tokenize)
 
-    reconstruct = commands.add_parser("reconstruct", help="tokenize a video, decode it back, report PSNR")
+    detokenize = commands.add_parser(
+        "detokenize", help="decode the token ids of `larp tokenize` back into one video",
+        description="Decode every window of DIR/<stem>.npy and write one video at the recorded frame rate, the "
+        "padded frames dropped and a letterbox (--resize pad) removed; the sidecar DIR/<stem>.json says how the "
+        "ids were made and which tokenizer made them.",
+    )
+    detokenize.add_argument("tokens", metavar="TOKENS.npy", help="ids written by larp tokenize (the .json beside it)")
+    detokenize.add_argument("-o", "--output", required=True, metavar="FILE", help="output video (.mp4 or .gif)")
+    detokenize.add_argument("--size", type=frame_size, default=None, metavar="WxH",
+                            help="resize the frames to W x H pixels (default: the model's size)")
+    detokenize.add_argument("--fps", type=positive_float, default=None,
+                            help="output frame rate (default: the recorded one)")
+    detokenize.add_argument("--batch-size", type=positive_int, default=VIDEO_BATCH_SIZE,
+                            help=f"windows per forward pass (default {VIDEO_BATCH_SIZE})")
+    _add_model_args(detokenize, required=False, default="the one recorded in the sidecar")
+    detokenize.set_defaults(run=run_detokenize)
+
+    reconstruct = commands.add_parser(
+        "reconstruct", help="tokenize a whole video, decode it back, report the PSNR per window and overall")
     reconstruct.add_argument("video", help="video file")
     reconstruct.add_argument("-o", "--output", required=True, metavar="FILE", help="output video (.mp4 or .gif)")
-    reconstruct.add_argument("--fps", type=positive_float, default=None,
-                             help="output frame rate (default: the input's divided by --stride)")
     reconstruct.add_argument(
-        "--side-by-side", action="store_true", help="write the input clip and the reconstruction next to each other"
+        "--side-by-side", action="store_true", help="write the input and the reconstruction next to each other"
     )
-    _add_clip_args(reconstruct)
+    reconstruct.add_argument("--batch-size", type=positive_int, default=VIDEO_BATCH_SIZE,
+                             help=f"windows per forward pass (default {VIDEO_BATCH_SIZE})")
+    add_window_args(reconstruct)
     _add_model_args(reconstruct, required=True)
     reconstruct.set_defaults(run=run_reconstruct)
 
 
-def _add_model_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--tokenizer", required=required, help="tokenizer folder or HuggingFace repo id")
+def _add_model_args(parser: argparse.ArgumentParser, *, required: bool, default: str | None = None) -> None:
+    parser.add_argument("--tokenizer", required=required,
+                        help="tokenizer folder or HuggingFace repo id" + (f" (default: {default})" if default else ""))
     add_device_option(parser)
     add_dtype_option(parser)
 
 
-def _add_clip_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--start", type=nonnegative_int, default=0, help="first frame of the clip (default 0)")
-    parser.add_argument("--stride", type=positive_int, default=1,
-                        help="take every N-th frame (default 1: native frame rate)")
-    parser.add_argument("--frames", type=positive_int, default=None,
-                        help="frames per clip (default: the tokenizer's, e.g. 16)")
-    parser.add_argument(
-        "--pad", action="store_true", help="repeat the last frame of a video shorter than the clip instead of failing"
-    )
+def add_window_args(parser: argparse.ArgumentParser) -> None:
+    """How a video is cut into windows (:class:`larp.data.windows.WindowPlan`)."""
+    group = parser.add_argument_group("windows")
+    group.add_argument("--fps", type=positive_float, default=None,
+                       help="resample to this frame rate, frames picked by timestamp (default: the video's own)")
+    group.add_argument("--stride", type=positive_int, default=None, help="or keep every N-th frame")
+    group.add_argument("--start", type=nonnegative_float, default=0.0, help="start time in seconds (default 0)")
+    group.add_argument("--end", type=positive_float, default=None,
+                       help="end time in seconds, exclusive (default: the end of the video)")
+    group.add_argument("--max-windows", type=positive_int, default=None, help="at most this many windows per video")
+    group.add_argument("--resize", choices=RESIZE_POLICIES, default="crop",
+                       help="crop: short side to the model size + centre crop (the official policy, default); "
+                       "pad: letterbox, the whole frame kept; stretch: both sides to the model size")
+
+
+def window_kwargs(args: argparse.Namespace) -> dict:
+    """The window flags as keyword arguments of :func:`larp.video_tokens.window_plan` / ``tokenize_video``."""
+    if args.fps is not None and args.stride is not None:
+        raise ValueError("give --fps (resample by timestamp) or --stride (every N-th frame), not both")
+    if args.end is not None and args.end <= args.start:
+        raise ValueError(f"--end {args.end:g} must be after --start {args.start:g} (seconds)")
+    return {"fps": args.fps, "stride": args.stride, "start": args.start, "end": args.end,
+            "max_windows": args.max_windows, "resize": args.resize}
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """An argparse type: ``WxH`` -> (width, height), both >= 1."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 640x272, got {text!r}") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive WIDTHxHEIGHT, got {text!r}")
+    return width, height
 
 
 def load_tokenizer(spec: str, device: str | None, dtype: str) -> LARPTokenizer:
@@ -117,131 +180,61 @@ def load_tokenizer(spec: str, device: str | None, dtype: str) -> LARPTokenizer:
     return tokenizer
 
 
-def _read_clip(path: str, tokenizer: LARPTokenizer, args: argparse.Namespace) -> torch.Tensor:
-    """(3, t, s, s) clip resized and cropped to the tokenizer's input size."""
-    frames = tokenizer.config.frame_num if args.frames is None else args.frames
-    tokenizer.check_num_frames(frames)
-    return read_video(
-        path, start=args.start, num_frames=frames, stride=args.stride, size=tokenizer.config.input_size, pad=args.pad
-    )
-
-
 # ------------------------------------------------------------------------------------------ tokenize
 def run_tokenize(args: argparse.Namespace) -> int:
-    cache_mode = bool(args.manifest or args.config)
     overrides = [video for video in args.videos if "=" in video and not Path(video).exists()]
     if overrides:
         raise ValueError(f"overrides are given with --set: --set {' '.join(overrides)}")
-    if bool(args.videos) == cache_mode:
-        raise ValueError("give either video files or --manifest / --config (to build a token cache), "
-                         "not both or neither")
-    if cache_mode:
-        return _tokenize_dataset(args)
+    folder_mode = bool(args.manifest or args.config)
+    if bool(args.videos) == folder_mode:
+        raise ValueError("give either video files, or --manifest (a token dataset) or --config (a recipe's token "
+                         "cache), not both or neither")
+    if args.config:  # a recipe's token cache
+        from larp.cli.cache_commands import run_tokenize_cache
+
+        return run_tokenize_cache(args, load_tokenizer)
+    if args.manifest:
+        from larp.cli.dataset_commands import run_tokenize_dataset
+
+        return run_tokenize_dataset(args, load_tokenizer)
     if args.settings:
-        raise ValueError("--set applies to a token cache (--manifest or --config), not to video files")
+        raise ValueError("--set applies to a recipe's token cache (--config), not to video files")
     if not args.tokenizer:
         raise ValueError("--tokenizer is required: the tokenizer folder or repo id")
+    windows = window_kwargs(args)
     tokenizer = load_tokenizer(args.tokenizer, args.device, args.dtype)
+    from larp.training.token_cache import tokenizer_fingerprint
+
+    fingerprint = tokenizer_fingerprint(tokenizer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = _output_names(args.videos)
-    batch_size = args.batch_size or VIDEO_BATCH_SIZE
     generator = torch.Generator(tokenizer.device).manual_seed(args.seed) if args.stochastic else None
+    total_windows = 0
     # the bar only on a terminal (disable=None), so logs and captured output stay clean
     with tqdm(total=len(args.videos), unit="video", desc="tokenize", disable=True if args.quiet else None) as progress:
-        for first in range(0, len(args.videos), batch_size):
-            paths = args.videos[first : first + batch_size]
-            clips = torch.stack([_read_clip(p, tokenizer, args) for p in paths])
-            with autocast(args.dtype, tokenizer.device):
-                ids = tokenizer.encode(clips, stochastic=args.stochastic, generator=generator).cpu().numpy()
-            for path, name, row in zip(paths, names[first:], ids):
-                _write_tokens(out / name, row, path, clips.shape[2], tokenizer, args)
-            progress.update(len(paths))
-    print(f"wrote {len(args.videos)} token file(s) to {out}")
+        for path, name in zip(args.videos, _output_names(args.videos)):
+            tokens = tokenize_video(path, tokenizer, **windows, batch_size=args.batch_size or VIDEO_BATCH_SIZE,
+                                    precision=args.dtype, stochastic=args.stochastic, generator=generator,
+                                    fingerprint=fingerprint)
+            sidecar = {
+                "video": str(path),
+                **tokens.info,
+                "tokenizer": args.tokenizer,
+                "stochastic": args.stochastic,
+                "seed": args.seed if args.stochastic else None,
+                "dtype": resolve_precision(args.dtype, tokenizer.device),
+            }
+            _write_tokens(out / name, tokens.ids, sidecar)
+            total_windows += tokens.ids.shape[0]
+            progress.set_postfix(windows=total_windows)
+            progress.update(1)
+    print(f"wrote {len(args.videos)} token file(s) ({total_windows} windows) to {out}")
     return 0
 
 
-def _tokenize_dataset(args: argparse.Namespace) -> int:
-    """A token cache of a dataset, exactly as ``larp train-generator`` builds (and then reuses) it."""
-    from larp.training.token_cache import build_token_cache, split_rows
-
-    clip_flags = [flag for flag, given in (("--stochastic", args.stochastic), ("--frames", args.frames is not None),
-                                           ("--start", args.start != 0), ("--stride", args.stride != 1),
-                                           ("--pad", args.pad)) if given]
-    if clip_flags:
-        raise ValueError(f"{', '.join(clip_flags)} apply to video files; a token cache takes whole clips of the "
-                         f"tokenizer's length, encoded deterministically")
-    data, tokens, condition_frames = cache_request(args)
-    if not tokens.tokenizer:
-        raise ValueError("--tokenizer is required (or a --config recipe with tokens.tokenizer)")
-    tokenizer = load_tokenizer(tokens.tokenizer, args.device, tokens.precision)
-    folder = build_token_cache(tokenizer, args.out, data=data, tokens=tokens, condition_frames=condition_frames,
-                               progress=not args.quiet)
-    train, val = split_rows(folder / "train"), split_rows(folder / "val")
-    print(f"token cache {folder}: {train} training rows, {val} validation rows")
-    return 0
-
-
-def cache_request(args: argparse.Namespace):
-    """(DataConfig, TokenSourceConfig, condition_frames) of ``tokenize --manifest/--config``: a generator
-    recipe's (``--config``) or the defaults, then ``--set``, then ``--manifest`` / ``--tokenizer`` / ``-o`` /
-    ``--dtype`` / ``--batch-size`` where given."""
-    from larp.config import config_from_dict
-    from larp.training.recipe import (
-        DataConfig,
-        GeneratorTrainConfig,
-        TokenSourceConfig,
-        apply_overrides,
-        load_recipe,
-        resolve_recipe,
-    )
-
-    if args.config:
-        settings = list(args.settings)
-        if args.tokenizer:  # a recipe needs its tokenizer; --tokenizer may stand in for it
-            settings.append(f"tokens.tokenizer={args.tokenizer}")
-        recipe = load_recipe(resolve_recipe(args.config), settings, GeneratorTrainConfig)
-        data, tokens = recipe.data, recipe.tokens
-        condition_frames = recipe.condition_frames if recipe.model.frame_prediction else None
-    else:
-        tree = apply_overrides({"data": {}, "tokens": {}, "condition_frames": None}, args.settings)
-        unknown = sorted(set(tree) - {"data", "tokens", "condition_frames"})
-        if unknown:
-            raise ValueError(f"--set {', '.join(unknown)}: unknown; a token cache takes data.*, tokens.* and "
-                             f"condition_frames (or give a generator recipe with --config)")
-        data = config_from_dict(DataConfig, tree["data"] or {}, where="data")
-        tokens = config_from_dict(TokenSourceConfig, tree["tokens"] or {}, where="tokens")
-        condition_frames = tree["condition_frames"]
-        if isinstance(condition_frames, bool) or not isinstance(condition_frames, (int, type(None))):
-            raise ValueError(f"--set condition_frames: expected an integer (or null), got {condition_frames!r}")
-    if args.manifest:
-        data = dataclasses.replace(data, manifest=args.manifest)
-    tokens = dataclasses.replace(
-        tokens,
-        tokenizer=args.tokenizer or tokens.tokenizer,
-        cache=args.out,
-        precision=tokens.precision if args.dtype == "auto" else args.dtype,
-        encode_batch_size=args.batch_size or tokens.encode_batch_size,
-    )
-    return data, tokens, condition_frames
-
-
-def _write_tokens(stem: Path, ids: np.ndarray, video: str, frames: int, tokenizer: LARPTokenizer, args) -> None:
-    """``stem.npy`` (N,) int64 ids and ``stem.json``, the sidecar that says how they were made."""
-    write_atomic(stem.with_name(stem.name + ".npy"), lambda tmp: np.save(tmp, ids))
-    sidecar = {
-        "video": str(video),
-        "model": args.tokenizer,
-        "frames": frames,
-        "size": tokenizer.config.input_size,
-        "start": args.start,
-        "stride": args.stride,
-        "num_tokens": int(ids.shape[0]),
-        "codebook_size": tokenizer.config.quantizer.codebook_size,
-        "stochastic": args.stochastic,
-        "seed": args.seed if args.stochastic else None,
-        "dtype": resolve_precision(args.dtype, tokenizer.device),
-    }
+def _write_tokens(stem: Path, ids: np.ndarray, sidecar: dict) -> None:
+    """``stem.npy`` (windows, N) int64 ids and ``stem.json``, the sidecar that says how they were made."""
+    write_atomic(stem.with_name(stem.name + ".npy"), lambda tmp: np.save(tmp, ids.astype(np.int64)))
     write_json_atomic(stem.with_name(stem.name + ".json"), sidecar)
 
 
@@ -257,22 +250,99 @@ def _output_names(videos: list[str]) -> list[str]:
     return names
 
 
+# ------------------------------------------------------------------------------------------ detokenize
+def read_tokens(path: str | Path) -> tuple[np.ndarray, dict]:
+    """The ids of ``X.npy`` and the sidecar ``X.json`` beside it (one-line errors naming the file)."""
+    path = Path(path)
+    if path.suffix != ".npy":
+        raise ValueError(f"{path}: expected the .npy of `larp tokenize` (its .json sidecar beside it)")
+    sidecar = path.with_suffix(".json")
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read token ids {path}: {error}") from None
+    try:
+        info = json.loads(sidecar.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{sidecar} not found: `larp detokenize` needs the sidecar `larp tokenize` wrote") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the sidecar {sidecar}: {error}") from None
+    missing = [k for k in ("num_windows", "frames_per_window", "fps", "pad_frames") if k not in info]
+    if missing:
+        raise ValueError(f"{sidecar} lacks {', '.join(missing)}: written by an older larp tokenize (one clip per "
+                         f"video); tokenize the video again")
+    if ids.ndim == 1:
+        ids = ids[None]
+    return ids, info
+
+
+def run_detokenize(args: argparse.Namespace) -> int:
+    ids, info = read_tokens(args.tokens)
+    spec = args.tokenizer or info.get("tokenizer")
+    if not spec:
+        raise ValueError(f"{args.tokens}: the sidecar names no tokenizer; give --tokenizer")
+    tokenizer = load_tokenizer(spec, args.device, args.dtype)
+    recorded = info.get("tokenizer_fingerprint")
+    if recorded:
+        from larp.training.token_cache import tokenizer_fingerprint
+
+        if tokenizer_fingerprint(tokenizer) != recorded:
+            logger.warning("tokenizer %s is not the one that made %s (other weights fingerprint): the video will "
+                           "not be what was tokenized", spec, args.tokens)
+    fps = args.fps or float(info["fps"])
+    if not fps > 0:
+        raise ValueError(f"{args.tokens}: the recorded frame rate is {info['fps']}; give --fps")
+    video = torch.cat(list(iter_decoded(ids, info, tokenizer, size=args.size, batch_size=args.batch_size,
+                                        precision=args.dtype)), dim=1)
+    write_video(args.output, video, fps=fps)
+    print(f"{video.shape[1]} frames {video.shape[3]}x{video.shape[2]} at {fps:g} fps from {ids.shape[0]} windows "
+          f"-> {args.output}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ reconstruct
-def run_reconstruct(args: argparse.Namespace) -> int:
+def frame_psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+    """(t,) PSNR of each frame of two videos (3, t, h, w)."""
     from larp.evaluation.image_metrics import psnr
 
+    return psnr(reference.transpose(0, 1)[:, :, None], estimate.transpose(0, 1)[:, :, None])
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    windows_args = window_kwargs(args)
     tokenizer = load_tokenizer(args.tokenizer, args.device, args.dtype)
-    clip = _read_clip(args.video, tokenizer, args)
-    with autocast(args.dtype, tokenizer.device):
-        ids = tokenizer.encode(clip[None])
-        recon = tokenizer.decode(ids, num_frames=clip.shape[1], clamp=True)[0].float().cpu()
-    value = psnr(clip[None], recon[None])[0].item()
-    fps = args.fps if args.fps is not None else probe_video(args.video).fps / args.stride
+    windows = VideoWindows(args.video, window_plan(tokenizer, **windows_args))
+    frames = windows.plan.frames
+    inputs, outputs, batch = [], [], []
+
+    def flush() -> None:
+        clips = torch.stack(batch)
+        ids = encode_windows(tokenizer, clips, args.dtype)
+        outputs.append(decode_windows(tokenizer, ids, frames, args.dtype))
+        inputs.append(clips)
+        batch.clear()
+
+    for window in windows:
+        batch.append(window)
+        if len(batch) == args.batch_size:
+            flush()
+    if batch:
+        flush()
+    info = windows.info.to_dict()
+    # (3, windows * frames, S, S) -> the video's own frames, letterbox removed
+    source = strip_padding(torch.cat(inputs).permute(1, 0, 2, 3, 4).flatten(1, 2), info)
+    recon = strip_padding(torch.cat(outputs).permute(1, 0, 2, 3, 4).flatten(1, 2), info)
+    per_frame = frame_psnr(source, recon)
+    for w in range(info["num_windows"]):
+        lo, hi = w * frames, min((w + 1) * frames, per_frame.shape[0])
+        print(f"window {w}: PSNR {per_frame[lo:hi].mean().item():.2f} dB (frames {lo}-{hi - 1})")
+    fps = info["fps"]
     if not fps > 0:  # a container without a frame rate
         raise ValueError(f"cannot tell the frame rate of {args.video}: give --fps")
-    write_video(args.output, torch.cat([clip, recon], dim=3) if args.side_by_side else recon, fps=fps)
+    write_video(args.output, torch.cat([source, recon], dim=3) if args.side_by_side else recon, fps=fps)
     print(
-        f"PSNR {value:.2f} dB ({clip.shape[1]} frames {clip.shape[2]}x{clip.shape[3]}, "
-        f"{ids.shape[1]} tokens) -> {args.output}"
+        f"PSNR {per_frame.mean().item():.2f} dB over {per_frame.shape[0]} frames ({info['num_windows']} window(s) of "
+        f"{frames} frames {recon.shape[3]}x{recon.shape[2]}, {tokenizer.config.num_tokens} tokens each, "
+        f"{info['pad_frames']} padded) -> {args.output}"
     )
     return 0
