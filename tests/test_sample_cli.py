@@ -98,3 +98,71 @@ def test_samples_are_generated_one_batch_at_a_time(tmp_path, models, monkeypatch
     assert all((out / f"{name}.gif").is_file() and np.load(out / f"{name}.npy").shape == (32,) for name in names)
     grid = probe_video(out / "grid.gif")
     assert (grid.width, grid.height) == (4 * 32 + 5 * 2, 32 + 2 * 2)  # the first 4 samples, padding 2
+
+
+# ------------------------------------------------------------------------------------------ --windows
+def test_a_condition_video_rolled_forward_is_one_video_of_k_windows(tmp_path, models):
+    tokenizer, _, fp = models
+    video = tmp_path / "input.mp4"
+    write_video(video, torch.rand(3, 20, 40, 40), fps=8)
+    out = tmp_path / "long"
+    assert main(["sample", "--generator", fp, "--tokenizer", tokenizer, "--condition", str(video), "--windows", "3",
+                 "--condition-frames", "4", "--format", "mp4", "-o", str(out)]) == 0
+    info = probe_video(out / "input-0.mp4")
+    assert (info.width, info.height, info.num_frames) == (32, 32, 4 + 3 * (16 - 4))
+    assert np.load(out / "input-0.npy").shape == (3, 32)
+    record = json.loads((out / "samples.json").read_text())
+    assert record["windows"] == 3 and record["frames"] == 40 and record["condition_frames"] == 4
+    assert record["condition_frames_included"] is True
+
+
+def test_a_class_start_rolled_forward_by_a_predictor_is_seeded(tmp_path, models, capsys):
+    tokenizer, classcond, fp = models
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["sample", "--generator", classcond, "--tokenizer", tokenizer, "--class", "1", "4",
+                     "--predictor", fp, "--windows", "3", "--cfg-scale", "1.5", "--seed", "5", "--format", "mp4",
+                     "-o", str(out)]) == 0
+        runs.append(np.stack([np.load(out / f"class{c}-0.npy") for c in (1, 4)]))
+    assert runs[0].shape == (2, 3, 32) and np.array_equal(runs[0], runs[1])
+    assert probe_video(tmp_path / "a" / "class4-0.mp4").num_frames == 5 + 3 * 11
+    assert "of 3 window(s), 38 frames each" in capsys.readouterr().out
+
+
+def test_the_predictor_training_value_is_the_default_condition_frames(tmp_path, models):
+    tokenizer, classcond, fp = models
+    run = tmp_path / "run"
+    larp.LARPGenerator.from_pretrained(fp).save_pretrained(run / "generator", official_format=True)
+    (run / "recipe.yaml").write_text("model:\n  frame_prediction: true\ncondition_frames: 7\n")
+    out = tmp_path / "o"
+    assert main(["sample", "--generator", classcond, "--tokenizer", tokenizer, "--class", "0", "--predictor",
+                 str(run / "generator"), "--windows", "2", "-o", str(out)]) == 0
+    assert json.loads((out / "samples.json").read_text())["condition_frames"] == 7
+    assert probe_video(out / "class0-0.gif").num_frames == 7 + 2 * 9
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--class", "1", "--predictor", "AR", "--windows", "2"], "--predictor AR is a class-conditional generator"),
+        (["--class", "1", "--windows", "2"], "needs --predictor"),
+        (["--class", "1", "--predictor", "FP"], "give --windows K"),
+        (["--condition", "x.mp4", "--predictor", "FP", "--windows", "2"], "the --generator itself is the frame predictor"),
+        (["--class", "1", "--predictor", "FP", "--windows", "2", "--condition-frames", "16"],
+         "below the clip length 16"),
+    ],
+)
+def test_bad_rollouts_fail_with_one_line(models, tmp_path, capsys, extra, message):
+    tokenizer, classcond, fp = models
+    extra = [{"AR": classcond, "FP": fp}.get(word, word) for word in extra]
+    message = message.replace("AR", classcond)
+    assert main(["sample", "--generator", classcond, "--tokenizer", tokenizer, *extra, "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_zero_windows_are_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--generator", "g", "--tokenizer", "t", "--class", "1", "-o", "s", "--windows", "0"])
+    assert exit_info.value.code == 2 and "--windows" in capsys.readouterr().err
