@@ -15,7 +15,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "generator and a frame predictor on the built-in synthetic videos, samples every class, evaluates "
         "(PSNR/SSIM, PSNR per token budget, Frechet distance and class accuracy with the synthetic-data detector) "
         "and writes OUT/report.html, OUT/metrics.json and the models (OUT/models/, loadable with from_pretrained). "
-        "About 11 minutes on a 2-core CPU; a second run reuses the stages the first one finished.",
+        "About 9 minutes on a 2-core CPU; a second run reuses the stages the first one finished.",
     )
     demo.add_argument("-o", "--out", default="larp-demo", metavar="DIR", help="the demo folder (default: ./larp-demo)")
     demo.add_argument("--quick", action="store_true",

@@ -1,4 +1,4 @@
-"""What the demo trains and measures: two plans, the default (11 minutes on a 2-core CPU) and
+"""What the demo trains and measures: two plans, the default (about 9 minutes on a 2-core CPU) and
 ``quick`` (about 20 s; it checks the mechanics, not the quality).
 
 The default plan was tuned on a 2-core CPU until the synthetic-data detector recognised the motion class of
