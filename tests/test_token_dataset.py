@@ -1,5 +1,5 @@
 """Token datasets (``larp tokenize --manifest``): the Parquet schema, rows equal to ``tokenize_video``, bad files
-in failed.jsonl, resume after a kill, the same rows from 2 gloo processes, refused reruns, TokenWindows."""
+in _failed.jsonl, resume after a kill, the same rows from 2 gloo processes, refused reruns, TokenWindows."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from larp.data import token_dataset
 from larp.data.datasets import VideoEntry
 from larp.data.token_dataset import (
     TokenWindows,
+    is_token_dataset,
     read_dataset_info,
     read_rows,
     shard_paths,
@@ -114,11 +115,37 @@ def test_schema_counts_and_info(dataset, videos, tokenizer):
     assert schema.field("label").type == pa.int64() and schema.field("window_lengths").type == pa.list_(pa.int32())
     assert {"video", "fps", "start", "pad_frames", "num_windows", "source_fps", "source_frames", "source_width",
             "source_height"} <= set(schema.names)
-    # any Parquet reader takes the shards; the rows are in manifest order
-    table = pq.read_table([str(p) for p in shard_paths(dataset)])
-    assert table.num_rows == 8
+    # the folder itself is a Parquet dataset (the side files start with "_"); the rows are in manifest order
+    table = pq.read_table(dataset)
+    assert table.num_rows == 8 and table.equals(pq.read_table([str(p) for p in shard_paths(dataset)]))
     assert table.column("video").to_pylist() == [e.path for e in videos if "bad" not in e.path]
-    assert not [p.name for p in dataset.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no temp file
+    hidden = [p.relative_to(dataset).as_posix() for p in dataset.rglob(".*")]
+    assert sorted(hidden) == [".lock", ".progress"]  # no temp file left
+
+
+def test_other_readers_take_the_folder(dataset):
+    pandas = pytest.importorskip("pandas", reason="pandas is not installed")
+    frame = pandas.read_parquet(dataset)
+    assert len(frame) == 8 and frame["num_windows"].sum() == 14
+
+
+def test_hf_datasets_loads_the_folder(dataset, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="HF datasets is not installed (pip install datasets)")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # its cache, out of the user's
+    loaded = datasets.load_dataset(str(dataset), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.num_rows == 8 and sum(loaded["num_windows"]) == 14
+    assert loaded[0]["video"] == pq.read_table(dataset).column("video")[0].as_py()
+
+
+def test_a_dataset_written_with_the_old_side_file_names_is_still_read(dataset, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    for shard in shard_paths(dataset):
+        (old / shard.name).write_bytes(shard.read_bytes())
+    (old / "dataset.json").write_text((dataset / "_dataset.json").read_text())
+    assert is_token_dataset(old) and read_dataset_info(old) == read_dataset_info(dataset)
+    assert rows_of(old) == rows_of(dataset) and len(TokenWindows(old)) == 14
 
 
 def test_rows_equal_tokenize_video(dataset, videos, tokenizer):
@@ -135,7 +162,7 @@ def test_rows_equal_tokenize_video(dataset, videos, tokenizer):
 
 
 def test_corrupt_files_are_listed_with_the_reason(dataset):
-    failed = [json.loads(line) for line in (dataset / "failed.jsonl").read_text().splitlines()]
+    failed = [json.loads(line) for line in (dataset / "_failed.jsonl").read_text().splitlines()]
     assert [Path(r["video"]).name for r in failed] == ["bad2.mp4", "bad6.mp4"]
     assert all(r["reason"] for r in failed)
 
@@ -176,7 +203,7 @@ def test_resume_after_a_kill_gives_the_same_rows(tmp_path, dataset, videos, toke
     assert info["complete"] is True and info["num_videos"] == 8
     assert (out / "shard-00000.parquet").stat().st_mtime_ns == kept  # finished shards are not redone
     assert rows_of(out) == rows_of(dataset)
-    assert (out / "failed.jsonl").read_text() == (dataset / "failed.jsonl").read_text()
+    assert (out / "_failed.jsonl").read_text() == (dataset / "_failed.jsonl").read_text()
 
 
 def test_a_rerun_with_other_settings_or_tokenizer_is_refused(tmp_path, videos, tokenizer):
@@ -199,7 +226,7 @@ def test_a_second_tokenization_of_the_same_folder_is_refused(tmp_path, videos, t
         with pytest.raises(ValueError, match="another tokenization is writing there"):
             write_token_dataset(videos[:1], tokenizer, tmp_path / "ds", window_plan(tokenizer), num_workers=0,
                                 progress=False)
-    assert not (tmp_path / "ds" / "dataset.json").exists()
+    assert not (tmp_path / "ds" / "_dataset.json").exists()
 
 
 def test_write_shard_types_and_checks(tmp_path):
@@ -217,7 +244,7 @@ def test_write_shard_types_and_checks(tmp_path):
     with pytest.raises(ValueError, match="window_lengths add up to 3"):
         write_shard(tmp_path / "x.parquet", [{"video": "a", "tokens": [1, 2], "window_lengths": [3]}], 256)
     assert not (tmp_path / "x.parquet").exists()
-    with pytest.raises(FileNotFoundError, match="no dataset.json"):
+    with pytest.raises(FileNotFoundError, match="no _dataset.json"):
         read_dataset_info(tmp_path / "nothing")
 
 
@@ -257,4 +284,11 @@ def test_cli_and_two_gloo_processes_give_the_same_rows(tmp_path, videos, tokeniz
     assert rows_of(tmp_path / "two") == rows_of(tmp_path / "one")
     one, two = read_dataset_info(tmp_path / "one"), read_dataset_info(tmp_path / "two")
     assert {k: v for k, v in one.items() if k != "source"} == {k: v for k, v in two.items() if k != "source"}
-    assert (tmp_path / "two" / "failed.jsonl").read_text() == (tmp_path / "one" / "failed.jsonl").read_text()
+    assert (tmp_path / "two" / "_failed.jsonl").read_text() == (tmp_path / "one" / "_failed.jsonl").read_text()
+
+
+def test_larp_info_describes_a_token_dataset(dataset, capsys):
+    assert main(["info", str(dataset)]) == 0
+    text = capsys.readouterr().out
+    assert "8 videos, 14 windows, 2 failed" in text and "32 per window, codebook 256" in text
+    assert "pyarrow.parquet.read_table" in text

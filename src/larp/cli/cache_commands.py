@@ -2,7 +2,7 @@
 
 The cache is exactly the one ``larp train-generator`` builds for itself (and then reuses): the recipe's data,
 ``tokens.*`` and frame-prediction settings, then ``--set``, then ``--manifest`` / ``--tokenizer`` / ``-o`` /
-``--dtype`` / ``--batch-size`` where given. It is a token dataset (Parquet shards + dataset.json) per split.
+``--dtype`` / ``--batch-size`` where given. It is a token dataset (Parquet shards + _dataset.json) per split.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from larp.cli.arguments import nonnegative_int, positive_int
 from larp.data.datasets import load_entries
-from larp.data.token_dataset import write_token_dataset
+from larp.data.token_dataset import FAILED_NAME, write_token_dataset
 from larp.models.tokenizer import LARPTokenizer
 from larp.training.distributed import cleanup, init_distributed
 from larp.video_tokens import window_plan
@@ -74,5 +74,5 @@ def run_tokenize_dataset(args: argparse.Namespace,
     if dist.is_main:
         print(f"token dataset {Path(args.out)}: {info['num_videos']} videos, {info['num_windows']} windows of "
               f"{info['tokens_per_window']} tokens in {len(info['shards'])} shard(s); {info['num_failed']} "
-              f"failed (listed in {Path(args.out) / 'failed.jsonl'})")
+              f"failed (listed in {Path(args.out) / FAILED_NAME})")
     return 0

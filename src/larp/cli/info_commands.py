@@ -1,4 +1,4 @@
-"""``larp info``: what a model folder, hub id, preset, token cache or folder of token files holds.
+"""``larp info``: what a model folder, hub id, preset, token dataset, token cache or folder of token files holds.
 
 Model folders are described from their config.json and the safetensors header (shapes only), so a
 632M-parameter generator is described in a moment; the weights are still checked against the config
@@ -19,20 +19,21 @@ from larp.hub import CONFIG_NAME, WEIGHTS_NAME, read_config_json, resolve_pretra
 
 EXPECTED = (
     "expected a tokenizer or generator folder (config.json + model.safetensors, larp or official format), "
-    "a HuggingFace repo id (owner/name), a preset name, a token cache folder (train/dataset.json) or a folder of "
-    "`larp tokenize` outputs (.npy + .json)"
+    "a HuggingFace repo id (owner/name), a preset name, a token dataset (_dataset.json + shard-*.parquet), a token "
+    "cache folder (train/_dataset.json) or a folder of `larp tokenize` outputs (.npy + .json)"
 )
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     info = commands.add_parser(
         "info",
-        help="describe a model (folder, hub id or preset), a token cache or a folder of token files",
+        help="describe a model (folder, hub id or preset), a token dataset, a token cache or a folder of token files",
         description="Describe a LARP tokenizer or generator (a folder in the larp or the official format, a "
-        "HuggingFace repo id, or a preset: larp info larp-l), a token cache (larp tokenize --manifest) or a "
-        "folder of token files (larp tokenize VIDEO ...).",
+        "HuggingFace repo id, or a preset: larp info larp-l), a token dataset (larp tokenize --manifest), a "
+        "generator's token cache or a folder of token files (larp tokenize VIDEO ...).",
     )
-    info.add_argument("model", metavar="WHAT", help="model folder, repo id, preset name, token cache or token folder")
+    info.add_argument("model", metavar="WHAT",
+                      help="model folder, repo id, preset name, token dataset, token cache or token folder")
     info.set_defaults(run=run_info)
 
 
@@ -40,18 +41,23 @@ def run_info(args: argparse.Namespace) -> int:
     from larp.models.generator import GENERATOR_PRESETS
     from larp.models.tokenizer import TOKENIZER_PRESETS
 
+    from larp.data.token_dataset import is_token_dataset
+    from larp.training.token_sources import is_token_cache
+
     spec = args.model
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "train" / "dataset.json").is_file():
+        if is_token_cache(path):
             print(describe_token_cache(path))
+        elif is_token_dataset(path):
+            print(describe_token_dataset(path))
         elif (path / CONFIG_NAME).is_file() or (path / WEIGHTS_NAME).is_file():
             print(describe_model_folder(resolve_pretrained(path), spec))
         elif any(path.glob("*.npy")):
             print(describe_token_files(path))
         else:
             inside = sorted(p.name for p in path.iterdir()
-                            if (p / CONFIG_NAME).is_file() or (p / "train" / "dataset.json").is_file())
+                            if (p / CONFIG_NAME).is_file() or is_token_cache(p) or is_token_dataset(p))
             hint = ""
             if inside:  # a training run or the demo's folder: name the models in it
                 hint = f" (it holds {', '.join(f'{name}/' for name in inside)}: larp info {path / inside[0]})"
@@ -167,6 +173,35 @@ def _describe(class_name: str, config: Any, parameters: int, source: str) -> str
 
 
 # ------------------------------------------------------------------------------------------ tokens
+def describe_token_dataset(folder: Path) -> str:
+    """A token dataset: the tokenizer that made it, its windows, the counts, and how to read it."""
+    from larp.data.token_dataset import read_dataset_info, read_rows, shard_paths
+
+    info = read_dataset_info(folder)
+    timing = f"{info['fps']:g} fps" if info.get("fps") else (
+        f"every {info['stride']} frame(s)" if info.get("stride") else "each video's own frame rate")
+    lines = [
+        f"token dataset {folder}" + ("" if info.get("complete") else
+                                     f" (incomplete: {len(shard_paths(folder))} shard(s) finished; "
+                                     "rerunning the same command resumes it)"),
+        f"tokenizer: {info.get('tokenizer')} (weights fingerprint {str(info.get('tokenizer_fingerprint'))[:16]})",
+        f"tokens: {info.get('tokens_per_window')} per window, codebook {info.get('codebook_size')}; windows of "
+        f"{info.get('frames_per_window')} frames of {info.get('size')}x{info.get('size')} at {timing}, "
+        f"resize {info.get('resize')}",
+    ]
+    if info.get("complete"):
+        labels = read_rows(folder, ["label"]).column("label")
+        known = len({label for label in labels.to_pylist() if label is not None})
+        lines.append(f"rows: {info['num_videos']:,} videos, {info['num_windows']:,} windows, "
+                     f"{info['num_failed']:,} failed (listed in _failed.jsonl); {known} class label(s)"
+                     + (f", {labels.null_count:,} unlabelled" if labels.null_count else ""))
+        lines.append(f"shards: {len(info.get('shards') or [])} Parquet file(s); read with "
+                     f"pyarrow.parquet.read_table({str(folder)!r}) or datasets.load_dataset({str(folder)!r})")
+    if info.get("special_tokens"):
+        lines.append(f"suggested LLM special tokens: {json.dumps(info['special_tokens'])}")
+    return "\n".join(lines)
+
+
 def describe_token_cache(folder: Path) -> str:
     """A token cache: rows per split, tokens per row, codebook, fingerprint and the settings that made it."""
     from larp.data.token_dataset import read_rows

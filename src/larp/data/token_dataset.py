@@ -1,18 +1,24 @@
-"""Token datasets: the one on-disk format for LARP tokens in the project (sharded Parquet + ``dataset.json``).
+"""Token datasets: the one on-disk format for LARP tokens in the project (sharded Parquet + ``_dataset.json``).
 
 A dataset is a folder::
 
-    DATASET/dataset.json            what made it (tokenizer + fingerprint, windows, counts, special tokens)
+    DATASET/_dataset.json           what made it (tokenizer + fingerprint, windows, counts, special tokens)
     DATASET/shard-00000.parquet     one row per video (or per clip, for a generator's token cache)
     DATASET/shard-00001.parquet     ...
-    DATASET/failed.jsonl            videos that could not be decoded: {"video", "reason"}
+    DATASET/_failed.jsonl           videos that could not be decoded: {"video", "reason"}
+
+The two side files start with ``_`` (like Spark's ``_SUCCESS`` and Parquet's ``_metadata``) because every
+Parquet reader skips such names when it lists a folder: ``pyarrow.parquet.read_table(DATASET)``,
+``pandas.read_parquet(DATASET)`` and ``datasets.load_dataset(DATASET)`` read the shards and nothing else.
+(Datasets written by larp 0.2 development versions named them ``dataset.json`` / ``failed.jsonl``; they are
+still read.)
 
 The Parquet columns (:func:`dataset_schema`): ``video`` (the manifest path), ``label`` (int64, null when
 unknown), ``tokens`` (every window's ids, flat; uint16 when the codebook fits, else int32),
 ``window_lengths`` (ids per window), ``num_windows``, ``fps``, ``start``, ``pad_frames``, ``source_fps``,
 ``source_frames``, ``source_width``, ``source_height``; optionally ``cond_tokens`` (frame-prediction condition
 ids, flat like ``tokens``) and ``flipped`` (a mirrored clip). Any Parquet reader reads the shards
-(``pyarrow``, pandas, polars, HF ``datasets`` with ``data_files="DATASET/shard-*.parquet"``);
+(``pyarrow``, pandas, polars, HF ``datasets``);
 :class:`TokenWindows` serves each full window as a training sample.
 
 :func:`write_token_dataset` tokenizes a list of videos into such a folder: shards are fixed chunks of the list,
@@ -55,6 +61,8 @@ __all__ = [
     "SPECIAL_TOKENS",
     "TokenWindows",
     "dataset_schema",
+    "info_path",
+    "is_token_dataset",
     "read_dataset_info",
     "read_rows",
     "shard_name",
@@ -67,8 +75,10 @@ __all__ = [
 
 FORMAT = "larp-token-dataset"
 VERSION = 1
-INFO_NAME = "dataset.json"
-FAILED_NAME = "failed.jsonl"
+INFO_NAME = "_dataset.json"
+FAILED_NAME = "_failed.jsonl"
+PROGRESS_DIR = ".progress"  # per-shard failed lists: a shard is finished when its list and its Parquet exist
+_LEGACY_INFO_NAME = "dataset.json"  # larp 0.2 development versions; read, never written
 _SHARD_GLOB = "shard-*.parquet"
 _UINT16_CODES = 1 << 16
 
@@ -183,15 +193,29 @@ def write_shard(path: str | os.PathLike, rows: list[dict[str, Any]], codebook_si
     write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
+def info_path(folder: str | os.PathLike) -> Path | None:
+    """The description file of the token dataset ``folder`` (``_dataset.json``, or the legacy ``dataset.json``),
+    None when there is neither."""
+    for name in (INFO_NAME, _LEGACY_INFO_NAME):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def is_token_dataset(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a token dataset's description (complete or not)."""
+    return info_path(folder) is not None
+
+
 def read_dataset_info(folder: str | os.PathLike) -> dict[str, Any]:
-    """``FOLDER/dataset.json``.
+    """``FOLDER/_dataset.json``.
 
     Raises:
         FileNotFoundError: there is none (not a token dataset).
         ValueError: it is not JSON, or not of this format.
     """
-    path = Path(folder) / INFO_NAME
-    if not path.is_file():
+    path = info_path(folder)
+    if path is None:
         raise FileNotFoundError(f"{folder} is not a token dataset: no {INFO_NAME} there "
                                 f"(`larp tokenize --manifest ... -o {folder}` writes one)")
     try:
@@ -208,7 +232,7 @@ def read_dataset_info(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_dataset_info(folder: str | os.PathLike, info: dict[str, Any]) -> None:
-    """Write ``FOLDER/dataset.json`` atomically (``format`` and ``version`` filled in when absent)."""
+    """Write ``FOLDER/_dataset.json`` atomically (``format`` and ``version`` filled in when absent)."""
     write_json_atomic(Path(folder) / INFO_NAME, {"format": FORMAT, "version": VERSION, **info})
 
 
@@ -335,9 +359,10 @@ class _ShardVideos(IterableDataset):
 
 
 def _failed_name(shard: int) -> str:
-    """The failed list of one shard (``failed-SSSSS.jsonl``), merged into ``failed.jsonl`` at the end."""
-    stem, suffix = os.path.splitext(FAILED_NAME)
-    return f"{stem}-{shard:05d}{suffix}"
+    """The failed list of one shard, merged into ``_failed.jsonl`` at the end. It lives in a hidden folder, which
+    Parquet readers and HF ``datasets`` skip, so that the JSON lines of many shards never outnumber the shards
+    (HF picks a folder's format by its most common file extension)."""
+    return f"{PROGRESS_DIR}/failed-{shard:05d}.jsonl"
 
 
 def _shard_finished(out: Path, shard: int) -> bool:
@@ -353,7 +378,7 @@ def _entries_digest(entries: Sequence[VideoEntry]) -> str:
 
 def _check_existing(out: Path, settings: dict[str, Any]) -> str | None:
     """Why ``out`` cannot take this run (None: it can: new, or the same settings)."""
-    if (out / INFO_NAME).is_file():
+    if is_token_dataset(out):
         try:
             stored = read_dataset_info(out).get("settings") or {}
         except (OSError, ValueError) as error:
@@ -383,15 +408,15 @@ def write_token_dataset(
     source: str | None = None,
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
-    """Tokenize ``entries`` into the token dataset ``out``; returns its ``dataset.json``.
+    """Tokenize ``entries`` into the token dataset ``out``; returns its ``_dataset.json``.
 
     Shard ``s`` holds ``entries[s * videos_per_shard : (s + 1) * videos_per_shard]`` in order (the videos
     that decode), whatever the number of processes: under ``torchrun`` rank ``r`` writes the shards with
-    ``s % world_size == r``. A shard is finished when its ``shard-SSSSS.parquet`` and ``failed-SSSSS.jsonl``
+    ``s % world_size == r``. A shard is finished when its ``shard-SSSSS.parquet`` and ``.progress/failed-SSSSS.jsonl``
     both exist (each written atomically); a rerun with the same settings keeps finished shards and redoes the
     others, so a killed run resumes. Decoding runs in ``num_workers`` processes, overlapping the model;
     windows of several videos are encoded ``batch_size`` at a time. Videos that cannot be decoded
-    (:class:`~larp.data.video_io.VideoReadError`) are left out and listed in ``failed.jsonl``; any other
+    (:class:`~larp.data.video_io.VideoReadError`) are left out and listed in ``_failed.jsonl``; any other
     error propagates. All ranks must call this (it has collectives).
 
     Raises:
@@ -461,7 +486,7 @@ def write_token_dataset(
 
 
 def _finish(out: Path, num_shards: int, header: dict[str, Any]) -> None:
-    """Merge the shards' failed lists into failed.jsonl and write the complete dataset.json."""
+    """Merge the shards' failed lists into _failed.jsonl and write the complete _dataset.json."""
     failed, videos, windows = [], 0, 0
     for shard in range(num_shards):
         missing = [n for n in (shard_name(shard), _failed_name(shard)) if not (out / n).is_file()]

@@ -188,7 +188,7 @@ class TokenSourceConfig:
     """
 
     tokenizer: str = ""  # folder or HuggingFace repo id (required); the tokens' tokenizer (fingerprint checked)
-    # A token dataset folder written by `larp tokenize --manifest` (dataset.json + Parquet shards): each full
+    # A token dataset folder written by `larp tokenize --manifest` (_dataset.json + Parquet shards): each full
     # window is a sample, its label the row's. Made by this tokenizer (its weights' fingerprint must match).
     dataset: str | None = None
     # validation windows of `dataset`: another token dataset, or (null) `val_windows` windows spread evenly

@@ -15,11 +15,11 @@ when the data settings flip clips (a ``flipped`` row), and for frame prediction 
 condition (``cond_tokens``; D.3). Training then samples its rows uniformly (a flipped and an unflipped row
 per clip, where the official trainer flips at random). Layout::
 
-    CACHE/train/dataset.json + shard-00000.parquet ...   a token dataset, one row per clip (one window)
-    CACHE/val/dataset.json + shard-00000.parquet ...     the validation clips (clip start 0, no flip)
+    CACHE/train/_dataset.json + shard-00000.parquet ...  a token dataset, one row per clip (one window)
+    CACHE/val/_dataset.json + shard-00000.parquet ...    the validation clips (clip start 0, no flip)
 
-What made it is ``dataset.json["settings"]`` (tokenizer fingerprint, data, clip settings); a cache is only
-reused when they match. Every file is written atomically, ``dataset.json`` says ``"complete": false`` until
+What made it is ``_dataset.json["settings"]`` (tokenizer fingerprint, data, clip settings); a cache is only
+reused when they match. Every file is written atomically, ``_dataset.json`` says ``"complete": false`` until
 the split is finished, and a rebuild skips finished shards, so a killed build resumes; one process builds a
 folder at a time (a folder lock). A folder in the 0.1/0.2 ``.npy`` cache layout is rebuilt in this format.
 """
@@ -43,9 +43,11 @@ from larp.config import config_to_dict
 from larp.data.datasets import collate_skipping_none
 from larp.data.token_dataset import (
     FORMAT,
+    INFO_NAME,
     SPECIAL_TOKENS,
     VERSION,
     TokenWindows,
+    is_token_dataset,
     read_dataset_info,
     read_rows,
     write_dataset_info,
@@ -64,7 +66,6 @@ CACHE_KIND = "generator-token-cache"
 CACHE_VERSION = 2  # 1: the .npy layout of larp 0.1/0.2 (cache.json, train/00000.tokens.npy, ...)
 SHARD_CLIPS = 4096  # source clips per shard (rows are this times the number of orientations)
 SPLITS = ("train", "val")
-INFO_NAME = "dataset.json"
 _OLD_SETTINGS = "cache.json"
 _OLD_FILES = ("*.tokens.npy", "*.labels.npy", "*.cond.npy", "done.json")
 _IGNORED_SETTINGS = {"tokenizer", "split"}  # the same weights may be named by another path
@@ -75,7 +76,7 @@ def cache_settings(
     tokenizer: LARPTokenizer, fingerprint: str, *, data: DataConfig, tokens: TokenSourceConfig,
     condition_frames: int | None,
 ) -> dict[str, Any]:
-    """What a cache must agree on to be reused (``dataset.json["settings"]`` of its splits)."""
+    """What a cache must agree on to be reused (``_dataset.json["settings"]`` of its splits)."""
     # only the data fields that choose the clips: a manifest's synthetic_* defaults do not matter
     chosen = {k: v for k, v in config_to_dict(data).items()
               if k != "num_workers" and k.startswith("synthetic_") == (data.manifest is None)
@@ -99,8 +100,8 @@ def cache_settings(
 
 
 def is_token_cache(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` is a generator token cache (its train split has a dataset.json)."""
-    return (Path(folder) / "train" / INFO_NAME).is_file()
+    """Whether ``folder`` is a generator token cache (its train split is a token dataset)."""
+    return is_token_dataset(Path(folder) / "train")
 
 
 def read_cache_settings(folder: str | os.PathLike) -> dict[str, Any]:
@@ -119,8 +120,8 @@ def read_cache_settings(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def split_info(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """dataset.json of a complete cache split, or None while it is incomplete or absent."""
-    if not (Path(folder) / INFO_NAME).is_file():
+    """_dataset.json of a complete cache split, or None while it is incomplete or absent."""
+    if not is_token_dataset(folder):
         return None
     info = read_dataset_info(folder)
     return info if info.get("complete", True) else None
@@ -147,13 +148,13 @@ def _check_folder(folder: Path, settings: dict[str, Any]) -> None:
     strangers = sorted(p.name for p in folder.iterdir() if p.name not in known)
     for split in SPLITS:
         part = folder / split
-        if part.is_dir() and not (part / INFO_NAME).is_file():
+        if part.is_dir() and not is_token_dataset(part):
             strangers += [f"{split}/{p.name}" for p in part.iterdir()]
     if strangers:
         raise ValueError(f"{folder} is not empty and is not a token cache ({', '.join(strangers[:3])} ...): "
                          f"choose another tokens.cache")
     for split in SPLITS:
-        if not (folder / split / INFO_NAME).is_file():
+        if not is_token_dataset(folder / split):
             continue
         stored = read_dataset_info(folder / split).get("settings") or {}
         if stored.get("kind") != CACHE_KIND:
