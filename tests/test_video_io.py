@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from larp.data.video_io import (
     read_video,
     resize_and_crop,
     write_video,
+    write_video_pieces,
 )
 
 # Brightness step between consecutive frames of an index-coded clip (uint8 units):
@@ -475,6 +477,42 @@ def test_write_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         write_video(final, synthetic_clip(t=5))
     assert final.read_bytes() == before  # the old file is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # and no temp file is left
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_pieces_make_the_same_video_as_one_clip(tmp_path: Path, suffix: str) -> None:
+    clip = synthetic_clip(t=7, h=21, w=35)
+    write_video(tmp_path / f"one{suffix}", clip, fps=10)
+    pieces = (clip[:, i : i + 3] for i in range(0, 7, 3))  # a generator: consumed once, piece by piece
+    assert write_video_pieces(tmp_path / f"pieces{suffix}", pieces, fps=10) == 7
+    one, joined = read_video(tmp_path / f"one{suffix}"), read_video(tmp_path / f"pieces{suffix}")
+    # the same frames in the same order (x264's threads may round a few pixels otherwise under load)
+    assert one.shape == joined.shape and one.shape[1] == 7
+    assert (one - joined).abs().mean(dim=(0, 2, 3)).max() < 0.005
+    assert probe_video(tmp_path / f"pieces{suffix}").fps == pytest.approx(10)
+
+
+def test_mp4_pieces_are_not_held(tmp_path: Path) -> None:
+    """An mp4 is encoded piece by piece: its 8-bit frames are never all in memory (numpy's allocations are
+    traced; the whole video would be 20 x 393 KB)."""
+    pieces = (torch.rand(3, 8, 128, 128) for _ in range(20))
+    tracemalloc.start()
+    try:
+        assert write_video_pieces(tmp_path / "a.mp4", pieces) == 160
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 8 * 128 * 128 * 3  # a few pieces' worth, not 20
+
+
+def test_pieces_must_agree_and_exist(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="same frame size: 32x24 then 16x16"):
+        write_video_pieces(tmp_path / "a.mp4", [synthetic_clip(t=2, h=24, w=32), synthetic_clip(t=2, h=16, w=16)])
+    with pytest.raises(ValueError, match="same frame size"):
+        write_video_pieces(tmp_path / "a.gif", [synthetic_clip(t=2, h=24, w=32), synthetic_clip(t=2, h=16, w=16)])
+    with pytest.raises(ValueError, match="no frame to write"):
+        write_video_pieces(tmp_path / "a.mp4", [])
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # nothing left behind
 
 
 # ---------------------------------------------------------------------- make_grid

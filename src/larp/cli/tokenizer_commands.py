@@ -27,7 +27,7 @@ from larp.cli.arguments import (
     positive_int,
 )
 from larp.cli.dataset_commands import add_dataset_args
-from larp.data.video_io import write_video
+from larp.data.video_io import probe_video, write_video, write_video_pieces
 from larp.data.windows import RESIZE_POLICIES, VideoWindows
 from larp.files import write_atomic, write_json_atomic
 from larp.models.tokenizer import LARPTokenizer
@@ -292,10 +292,11 @@ def run_detokenize(args: argparse.Namespace) -> int:
     fps = args.fps or float(info["fps"])
     if not fps > 0:
         raise ValueError(f"{args.tokens}: the recorded frame rate is {info['fps']}; give --fps")
-    video = torch.cat(list(iter_decoded(ids, info, tokenizer, size=args.size, batch_size=args.batch_size,
-                                        precision=args.dtype)), dim=1)
-    write_video(args.output, video, fps=fps)
-    print(f"{video.shape[1]} frames {video.shape[3]}x{video.shape[2]} at {fps:g} fps from {ids.shape[0]} windows "
+    # decoded and encoded window batch by window batch: an hour of tokens needs the memory of a few windows
+    pieces = iter_decoded(ids, info, tokenizer, size=args.size, batch_size=args.batch_size, precision=args.dtype)
+    write_video_pieces(args.output, pieces, fps=fps)
+    written = probe_video(args.output)
+    print(f"{written.num_frames} frames {written.width}x{written.height} at {fps:g} fps from {ids.shape[0]} windows "
           f"-> {args.output}")
     return 0
 

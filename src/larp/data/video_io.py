@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
@@ -44,6 +44,7 @@ __all__ = [
     "read_video",
     "resize_and_crop",
     "write_video",
+    "write_video_pieces",
 ]
 
 # Suffixes accepted by :func:`write_video` (lower case).
@@ -509,19 +510,35 @@ def _rgb24_frames(frames: np.ndarray) -> Iterator[av.VideoFrame]:
         yield frame
 
 
-def _write_mp4(path: str, frames: np.ndarray, rate: Fraction) -> None:
-    # yuv420p subsamples chroma 2x2 and x264 rejects odd sizes: extend the frame by
-    # replicating its last row/column rather than failing or dropping pixels.
-    _, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+def _write_mp4(path: str, pieces: Iterator[np.ndarray], rate: Fraction) -> int:
+    """Encode consecutive ``(t, h, w, 3)`` uint8 pieces as one H.264 stream; returns the frame count."""
     with av.open(path, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        # yuv420p is what every player supports (x264 would otherwise pick 4:4:4 for rgb input).
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(_MP4_CRF), "preset": "medium"}
-        _encode_all(container, stream, _rgb24_frames(frames))
+        stream, count, size = None, 0, None
+        for frames in pieces:
+            if size is None:
+                size = frames.shape[1:3]
+                # yuv420p subsamples chroma 2x2 and x264 rejects odd sizes: the frame is extended by
+                # replicating its last row/column rather than failing or dropping pixels.
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height = size[1] + size[1] % 2, size[0] + size[0] % 2
+                # yuv420p is what every player supports (x264 would otherwise pick 4:4:4 for rgb input).
+                stream.pix_fmt = "yuv420p"
+                stream.options = {"crf": str(_MP4_CRF), "preset": "medium"}
+            elif frames.shape[1:3] != size:
+                raise ValueError(f"every piece of a video must have the same frame size: {size[1]}x{size[0]} "
+                                 f"then {frames.shape[2]}x{frames.shape[1]}")
+            h, w = size
+            if h % 2 or w % 2:
+                frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            for array in frames:
+                frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+                frame.pts = count
+                container.mux(stream.encode(frame))
+                count += 1
+        if stream is None:
+            raise ValueError("no frame to write: the video is empty")
+        container.mux(stream.encode(None))  # flush delayed frames
+    return count
 
 
 def _palette_frames(frames: np.ndarray, rate: Fraction) -> list[av.VideoFrame]:
@@ -604,6 +621,20 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, *, fps: float = 8.
         ValueError: Unsupported suffix, bad shape or non-positive fps.
         TypeError: ``video`` is not floating point.
     """
+    write_video_pieces(path, [video], fps=fps)
+
+
+def write_video_pieces(path: str | os.PathLike, pieces: Iterable[torch.Tensor], *, fps: float = 8.0) -> int:
+    """Write consecutive pieces ``(3, t_i, h, w)`` as one video, as :func:`write_video` writes one clip.
+
+    An mp4 is encoded piece by piece, so a video of any length needs the memory of one piece (an hour
+    decoded window by window); a gif needs all its frames at once for its palettes and joins them.
+    Returns the number of frames written.
+
+    Raises:
+        ValueError: Unsupported suffix, bad shape, pieces of different sizes, no frame, or non-positive fps.
+        TypeError: a piece is not floating point.
+    """
     path_obj = Path(path)
     suffix = path_obj.suffix.lower()
     if suffix not in _WRITE_SUFFIXES:
@@ -617,14 +648,20 @@ def write_video(path: str | os.PathLike, video: torch.Tensor, *, fps: float = 8.
         fps_value = math.nan
     if isinstance(fps, bool) or not math.isfinite(fps_value) or fps_value <= 0:
         raise ValueError(f"fps must be a positive finite number, got {fps!r}")
-    frames = _to_uint8_frames(video)
     # Exact rational rate; 1001-based NTSC rates (e.g. 30000/1001) survive the float.
     rate = Fraction(fps_value).limit_denominator(10_000)
+    frames = (_to_uint8_frames(piece) for piece in pieces)
 
     # atomic_path: written under a temporary name beside ``path`` (its suffix kept, though the format is
     # passed explicitly) and renamed into place only when complete; parent folders are created.
     with atomic_path(path_obj) as tmp_path:
         if suffix == ".mp4":
-            _write_mp4(str(tmp_path), frames, rate)
-        else:
-            _write_gif(str(tmp_path), frames, rate)
+            return _write_mp4(str(tmp_path), frames, rate)
+        joined = list(frames)
+        if not joined:
+            raise ValueError("no frame to write: the video is empty")
+        if len({piece.shape[1:] for piece in joined}) > 1:
+            raise ValueError("every piece of a video must have the same frame size")
+        joined = np.concatenate(joined)
+        _write_gif(str(tmp_path), joined, rate)
+        return len(joined)
