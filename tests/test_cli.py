@@ -60,7 +60,8 @@ def test_tokenize_writes_ids_and_sidecar(tmp_path, tokenizer_folder, video_file,
         "start": 0.0, "frames_per_window": 16, "num_windows": 2, "pad_frames": 12, "resize": "crop",
         "letterbox": None, "size": 32, "stride": None, "end": None, "tokens_per_window": 32, "codebook_size": 256,
         "tokenizer": tokenizer_folder, "tokenizer_fingerprint": tokenizer_fingerprint(tiny_tokenizer),
-        "stochastic": False, "seed": None, "dtype": "fp32",
+        "stochastic": False, "seed": None, "dtype": "fp32", "window_lengths": [32, 32], "mean_tokens": 32.0,
+        "budget": None,
     }
     assert (out / "clip one-1.npy").is_file()
     # the ids are exactly what the Python API gives for the same windows
@@ -83,7 +84,7 @@ def test_reconstruct_prints_psnr_and_writes_the_video(tmp_path, tokenizer_folder
     out = tmp_path / "recon.mp4"
     assert main(["reconstruct", video_file, "--tokenizer", tokenizer_folder, "-o", str(out), "--side-by-side"]) == 0
     printed = capsys.readouterr().out
-    windows = re.findall(r"window (\d): PSNR (-?[\d.]+) dB \(frames (\d+)-(\d+)\)", printed)
+    windows = re.findall(r"window (\d): PSNR (-?[\d.]+) dB \(frames (\d+)-(\d+), 32 tokens\)", printed)
     assert [(w, lo, hi) for w, _, lo, hi in windows] == [("0", "0", "15"), ("1", "16", "19")], printed
     match = re.search(r"PSNR (-?[\d.]+) dB over 20 frames \(2 window\(s\) of 16 frames 32x32, 32 tokens each, "
                       r"12 padded\)", printed)
@@ -284,3 +285,111 @@ def test_the_command_runs_as_a_module():
     assert result.returncode == 0
     for command in ("tokenize", "detokenize", "reconstruct", "info"):
         assert command in result.stdout
+
+
+@pytest.fixture
+def nested_folder(tmp_path):
+    import dataclasses
+
+    torch.manual_seed(3)
+    config = dataclasses.replace(LARPTokenizer.from_preset("larp-tiny").config, nested_dropout=True)
+    model = perturb_(LARPTokenizer(config), seed=3).eval()
+    return str(model.save_pretrained(tmp_path / "nested"))
+
+
+def test_tokenize_adaptive_lengths_and_detokenize(tmp_path, nested_folder, capsys):
+    path = tmp_path / "long.mp4"
+    write_video(path, torch.cat([moving_square(16), torch.full((3, 16, 40, 48), 0.4), moving_square(16)], 1), fps=10)
+    out = tmp_path / "tokens"
+    assert main(["tokenize", str(path), "--tokenizer", nested_folder, "-o", str(out), "--mean-tokens", "12",
+                 "--candidates", "4", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    ids = np.load(out / "long.npy")
+    sidecar = json.loads((out / "long.json").read_text())
+    lengths = sidecar["window_lengths"]
+    assert ids.shape == (3, 32) and len(lengths) == 3 and sum(lengths) <= 36
+    assert [int((row >= 0).sum()) for row in ids] == lengths
+    assert all((row[k:] == -1).all() for row, k in zip(ids, lengths))
+    assert sidecar["budget"] == {"mean_tokens": 12.0, "candidates": list(range(4, 33, 4)), "metric": "psnr",
+                                 "predicted": False, "predictor": None}
+    assert f"adaptive lengths: {sum(lengths) / 3:.2f} tokens per window on average (of 32)" in printed
+    # detokenize decodes each window from its own length (tests/test_video_tokens.py checks the frames)
+    video_out = tmp_path / "back.mp4"
+    assert main(["detokenize", str(out / "long.npy"), "-o", str(video_out)]) == 0
+    assert probe_video(video_out).num_frames == 48
+
+
+def test_tokenize_to_a_mean_psnr_and_reconstruct_with_adaptive_lengths(tmp_path, nested_folder, capsys):
+    from larp.budget import lengths_for_mean_target, measure_quality
+
+    path = tmp_path / "long.mp4"
+    write_video(path, torch.cat([moving_square(16), torch.full((3, 16, 40, 48), 0.4), moving_square(16)], 1), fps=10)
+    out = tmp_path / "tokens"
+    # a mean PSNR over the video's windows: the hull path on the measured curves
+    tokenizer = LARPTokenizer.from_pretrained(nested_folder)
+    clips = torch.stack(list(VideoWindows(str(path), window_plan(tokenizer))))
+    curves = measure_quality(tokenizer, clips, list(range(4, 33, 4)))
+    target = float(curves[:, 2].mean())
+    assert main(["tokenize", str(path), "--tokenizer", nested_folder, "-o", str(out), "--target-mean-psnr",
+                 f"{target}", "--candidates", "4"]) == 0
+    sidecar = json.loads((out / "long.json").read_text())
+    assert sidecar["budget"]["target_mean_psnr"] == pytest.approx(target)
+    assert sidecar["window_lengths"] == lengths_for_mean_target(curves, list(range(4, 33, 4)), target).tolist()
+    # reconstruct takes the same options and prints every window's length
+    assert main(["reconstruct", str(path), "--tokenizer", nested_folder, "-o", str(tmp_path / "r.mp4"),
+                 "--target-psnr", "90", "--candidates", "8,16,32"]) == 0
+    printed = capsys.readouterr().out
+    assert re.findall(r"\((?:frames \d+-\d+), (\d+) tokens\)", printed) == ["32", "32", "32"]  # 90 dB: none meets it
+    assert "32.00 tokens each on average (of 32)" in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target-psnr", "20", "--mean-tokens", "8"], "give one of --target-psnr, --target-mse, --target-lpips, "
+     "--target-mean-psnr, --mean-tokens, not several (--target-psnr --mean-tokens)"),
+    (["--predict", "{tmp}/p"], "--predict needs one of --target-psnr"),
+    (["--candidates", "4"], "--candidates needs one of"),
+    (["--mean-tokens", "8", "--stochastic"], "--mean-tokens takes the nearest codes: drop --stochastic"),
+    (["--mean-tokens", "1", "--tokenizer", "{nested}"], "mean_tokens 1 is below the smallest candidate length 2"),
+    (["--target-psnr", "20", "--candidates", "64", "--tokenizer", "{nested}"], "--candidates 64: a step above"),
+    (["--target-psnr", "20"], "--target-psnr: this tokenizer was not trained with nested dropout"),
+])
+def test_adaptive_flag_errors_are_one_line(tmp_path, tokenizer_folder, nested_folder, video_file, capsys, extra,
+                                           message):
+    args = ["tokenize", video_file, "--tokenizer", tokenizer_folder, "-o", str(tmp_path / "t")]
+    args += [a.format(tmp=tmp_path, nested=nested_folder) for a in extra]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "t" / "clip one.npy").exists()
+
+
+def test_adaptive_flags_are_refused_for_a_token_cache_and_bad_candidates(tmp_path, capsys):
+    assert main(["tokenize", "--config", "ar-tiny-cpu", "-o", str(tmp_path / "c"), "--mean-tokens", "8"]) == 1
+    assert "apply to video files and --manifest" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tokenize", "x.mp4", "-o", str(tmp_path / "c"), "--target-psnr", "20", "--candidates", "8,4"])
+    assert "increasing lengths" in capsys.readouterr().err
+
+
+def test_tokenize_with_a_length_predictor_decodes_nothing(tmp_path, nested_folder, video_file, capsys, monkeypatch):
+    length_predictor = pytest.importorskip("larp.models.length_predictor")
+    from larp import budget
+
+    torch.manual_seed(4)
+    config = length_predictor.LengthPredictorConfig(num_tokens=32, feature_dim=64, candidates=(8, 16, 24, 32))
+    predictor = length_predictor.LengthPredictor(config).eval()
+    folder = predictor.save_pretrained(tmp_path / "predictor")
+    tokenizer = LARPTokenizer.from_pretrained(nested_folder)
+    windows = torch.stack(list(VideoWindows(video_file, window_plan(tokenizer))))
+    curves = predictor.predict(tokenizer, windows)
+    target = float(curves[:, 1].mean())
+    monkeypatch.setattr(budget, "decode_prefixes", lambda *a, **k: pytest.fail("decoded with a predictor"))
+    out = tmp_path / "t"
+    assert main(["tokenize", video_file, "--tokenizer", nested_folder, "-o", str(out), "--predict", str(folder),
+                 "--target-psnr", f"{target}"]) == 0
+    sidecar = json.loads((out / "clip one.json").read_text())
+    assert sidecar["window_lengths"] == budget.lengths_for_target(curves, [8, 16, 24, 32], target).tolist()
+    assert sidecar["budget"]["predicted"] is True and sidecar["budget"]["predictor"] == str(folder)
+    assert main(["tokenize", video_file, "--tokenizer", nested_folder, "-o", str(out), "--predict", str(folder),
+                 "--target-mse", "0.01"]) == 1
+    assert "predicts psnr, not mse" in capsys.readouterr().err

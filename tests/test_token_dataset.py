@@ -292,3 +292,87 @@ def test_larp_info_describes_a_token_dataset(dataset, capsys):
     text = capsys.readouterr().out
     assert "8 videos, 14 windows, 2 failed" in text and "32 per window, codebook 256" in text
     assert "pyarrow.parquet.read_table" in text
+
+
+@pytest.fixture(scope="module")
+def nested_tokenizer() -> larp.LARPTokenizer:
+    import dataclasses
+
+    torch.manual_seed(3)
+    config = dataclasses.replace(larp.LARPTokenizer.from_preset("larp-tiny").config, nested_dropout=True)
+    return perturb_(larp.LARPTokenizer(config), seed=3).eval()
+
+
+def test_token_windows_serves_variable_lengths_padded_with_minus_one(tmp_path):
+    write_dataset_info(tmp_path, {"tokens_per_window": 4, "codebook_size": 256})
+    write_shard(tmp_path / "shard-00000.parquet",
+                [{"video": "a", "label": 2, "tokens": [7, 8, 9, 1, 2, 3, 4], "window_lengths": [3, 4]},
+                 {"video": "b", "label": None, "tokens": [5], "window_lengths": [1]}], 256)
+    fixed = TokenWindows(tmp_path)  # no budget recorded: a fixed-length dataset serves its full windows only
+    assert len(fixed) == 1 and fixed[0]["tokens"].tolist() == [1, 2, 3, 4] and fixed[0]["length"] == 4
+    write_dataset_info(tmp_path, {"tokens_per_window": 4, "codebook_size": 256, "budget": {"mean_tokens": 3}})
+    windows = TokenWindows(tmp_path)
+    assert len(windows) == 3 and windows.lengths.tolist() == [3, 4, 1]
+    assert [windows[i]["tokens"].tolist() for i in range(3)] == [[7, 8, 9, -1], [1, 2, 3, 4], [5, -1, -1, -1]]
+    assert [(windows[i]["length"], windows[i]["label"]) for i in range(3)] == [(3, 2), (4, 2), (1, -1)]
+    assert windows[-1]["length"] == 1
+    # condition ids stored full length (N per window) beside variable-length tokens
+    write_shard(tmp_path / "shard-00000.parquet",
+                [{"video": "a", "tokens": [7, 8, 9, 1], "window_lengths": [3, 1], "cond_tokens": list(range(8))}], 256)
+    windows = TokenWindows(tmp_path)
+    assert windows[1]["tokens"].tolist() == [1, -1, -1, -1] and windows[1]["cond"].tolist() == [4, 5, 6, 7]
+    write_shard(tmp_path / "shard-00000.parquet", [{"video": "a", "tokens": [1] * 5, "window_lengths": [5]}], 256)
+    with pytest.raises(ValueError, match=r"window lengths up to 5; expected at most tokens_per_window \(4\)"):
+        TokenWindows(tmp_path)
+
+
+def test_an_adaptive_dataset_stores_valid_ids_only(tmp_path, videos, nested_tokenizer):
+    from larp.budget import candidate_lengths, choose_lengths
+    from larp.data.windows import VideoWindows
+
+    good = [e for e in videos if "bad" not in e.path][:3]  # 1 + 2 + 1 windows
+    out = tmp_path / "target"
+    info = write_token_dataset(good, nested_tokenizer, out, window_plan(nested_tokenizer), videos_per_shard=2,
+                               batch_size=4, num_workers=0, progress=False, target_psnr=12.0,
+                               candidates=candidate_lengths(32, 8))
+    assert info["budget"] == {"target_psnr": 12.0, "candidates": [8, 16, 24, 32], "metric": "psnr",
+                              "predicted": False, "predictor": None}
+    rows = rows_of(out)
+    for row, entry in zip(rows, good):
+        clips = torch.stack(list(VideoWindows(entry.path, window_plan(nested_tokenizer))))
+        choice = choose_lengths(nested_tokenizer, clips, target_psnr=12.0, candidates=[8, 16, 24, 32])
+        assert row["window_lengths"] == choice.lengths.tolist()
+        assert row["tokens"] == [int(i) for i in choice.ids.flatten() if i >= 0]
+    total = sum(sum(row["window_lengths"]) for row in rows)
+    assert info["mean_tokens"] == pytest.approx(total / info["num_windows"])
+    windows = TokenWindows(out)
+    assert windows.lengths.tolist() == [k for row in rows for k in row["window_lengths"]]
+
+
+def test_a_mean_budget_holds_per_shard_and_a_rerun_with_another_policy_is_refused(tmp_path, videos,
+                                                                                    nested_tokenizer):
+    from larp.budget import candidate_lengths
+
+    good = [e for e in videos if "bad" not in e.path][:3]
+    out = tmp_path / "mean"
+    write_token_dataset(good, nested_tokenizer, out, window_plan(nested_tokenizer), videos_per_shard=2,
+                        batch_size=4, num_workers=0, progress=False, mean_tokens=10)
+    for shard in shard_paths(out):
+        lengths = [k for row in pq.read_table(shard).to_pylist() for k in row["window_lengths"]]
+        assert sum(lengths) <= 10 * len(lengths) and set(lengths) <= set(candidate_lengths(32))
+    with pytest.raises(ValueError, match="other settings"):
+        write_token_dataset(good, nested_tokenizer, out, window_plan(nested_tokenizer), videos_per_shard=2,
+                            num_workers=0, progress=False, mean_tokens=12)
+
+
+def test_tokenize_manifest_with_a_mean_budget(tmp_path, videos, nested_tokenizer, capsys):
+    good = [e for e in videos if "bad" not in e.path]
+    # the CLI: --manifest with --mean-tokens, the mean length printed, the policy in _dataset.json
+    manifest = write_manifest(tmp_path / "m.csv", good[:2])
+    folder = str(nested_tokenizer.save_pretrained(tmp_path / "nested"))
+    assert main(["tokenize", "--manifest", str(manifest), "-o", str(tmp_path / "cli"), "--tokenizer", folder,
+                 "--mean-tokens", "8", "--num-workers", "0", "--device", "cpu"]) == 0
+    info = read_dataset_info(tmp_path / "cli")
+    assert info["budget"]["mean_tokens"] == 8.0 and info["mean_tokens"] <= 8.0
+    printed = capsys.readouterr().out
+    assert f"adaptive lengths: {info['mean_tokens']:.2f} tokens per window on average (of 32)" in printed

@@ -93,3 +93,62 @@ def test_errors(tmp_path, video_40, tiny_tokenizer):
         larp.detokenize_video(np.concatenate([tokens.ids, tokens.ids]), tokens.info, tiny_tokenizer)
     with pytest.raises(ValueError, match="batch_size"):
         larp.tokenize_video(video_40, tiny_tokenizer, batch_size=0)
+
+
+@pytest.fixture
+def nested_tokenizer():
+    import dataclasses
+
+    from tests.conftest import perturb_
+
+    torch.manual_seed(3)
+    config = dataclasses.replace(larp.LARPTokenizer.from_preset("larp-tiny").config, nested_dropout=True)
+    return perturb_(larp.LARPTokenizer(config), seed=3).eval()
+
+
+def test_fixed_length_files_list_their_window_lengths(video_40, tiny_tokenizer):
+    tokens = larp.tokenize_video(video_40, tiny_tokenizer)
+    assert tokens.info["window_lengths"] == [32, 32, 32] and tokens.info["budget"] is None
+    assert tokens.info["mean_tokens"] == 32.0
+
+
+def test_adaptive_tokenize_pads_with_minus_one_and_detokenize_decodes_each_prefix(video_40, nested_tokenizer):
+    from larp.budget import bisect_lengths, candidate_lengths, decode_prefixes, measure_quality
+
+    windows = torch.stack(list(VideoWindows(video_40, window_plan(nested_tokenizer))))  # 3 windows
+    candidates = candidate_lengths(32, 8)  # 8, 16, 24, 32
+    curves = measure_quality(nested_tokenizer, windows, candidates, precision="fp32")
+    target = float(curves[:, 1].median())  # some windows meet it at 16 or less, some do not
+    tokens = larp.tokenize_video(video_40, nested_tokenizer, target_psnr=target, candidates=candidates,
+                                 batch_size=2, precision="fp32")
+    lengths = tokens.info["window_lengths"]
+    # the bisection over the measured curves (this random model's curves are not all monotone)
+    expected, _ = bisect_lengths(lambda w, k: curves[w, k // 8 - 1], 3, candidates, target)
+    assert lengths == expected.tolist() and len(set(lengths)) > 1
+    assert tokens.info["budget"] == {"target_psnr": target, "candidates": candidates, "metric": "psnr",
+                                     "predicted": False, "predictor": None}
+    assert tokens.info["mean_tokens"] == pytest.approx(sum(lengths) / 3)
+    full = nested_tokenizer.encode(windows).numpy()
+    for row, k, whole in zip(tokens.ids, lengths, full):
+        assert np.array_equal(row[:k], whole[:k]) and (row[k:] == -1).all()
+    video = larp.detokenize_video(tokens.ids, tokens.info, nested_tokenizer, batch_size=2, precision="fp32")
+    decoded = decode_prefixes(nested_tokenizer, torch.as_tensor(tokens.ids), torch.tensor(lengths))
+    assert torch.allclose(video, decoded.permute(1, 0, 2, 3, 4).flatten(1, 2)[:, :40], atol=1e-5)
+    # a mean budget over all the windows of the call: 3 x 12 = 36 tokens at most
+    mean = larp.tokenize_video(video_40, nested_tokenizer, mean_tokens=12, candidates=candidates, batch_size=2)
+    assert sum(mean.info["window_lengths"]) <= 36 and mean.info["budget"]["mean_tokens"] == 12.0
+    # the info and the ids must agree; a non-nested tokenizer cannot decode prefixes
+    with pytest.raises(ValueError, match="differ from the info's window_lengths"):
+        larp.detokenize_video(tokens.ids, {**tokens.info, "window_lengths": [32, 32, 32]}, nested_tokenizer)
+
+
+def test_adaptive_options_are_checked(video_40, tiny_tokenizer, nested_tokenizer):
+    with pytest.raises(ValueError, match="not trained with nested dropout"):
+        larp.tokenize_video(video_40, tiny_tokenizer, target_psnr=20.0)
+    with pytest.raises(ValueError, match="not several"):
+        larp.tokenize_video(video_40, nested_tokenizer, target_psnr=20.0, mean_tokens=8)
+    with pytest.raises(ValueError, match="stochastic encoding is not supported"):
+        larp.tokenize_video(video_40, nested_tokenizer, mean_tokens=8, stochastic=True)
+    tokens = larp.tokenize_video(video_40, nested_tokenizer, mean_tokens=8)
+    with pytest.raises(ValueError, match="not trained with nested dropout"):
+        larp.detokenize_video(tokens.ids, tokens.info, tiny_tokenizer)

@@ -4,6 +4,7 @@ Videos are float tensors in [0, 1] with layout (b, c, t, h, w); token ids are in
 """
 
 from larp.version import __version__
+from larp.budget import adaptive_encode
 from larp.models.generator import GENERATOR_PRESETS, GeneratorConfig, LARPGenerator
 from larp.models.quantizer import QuantizerConfig
 from larp.models.tokenizer import TOKENIZER_PRESETS, LARPTokenizer, TokenizerConfig
@@ -19,6 +20,7 @@ __all__ = [
     "TokenizedVideo",
     "TokenizerConfig",
     "__version__",
+    "adaptive_encode",
     "detokenize_video",
     "tokenize_video",
 ]

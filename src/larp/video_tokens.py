@@ -9,6 +9,15 @@ of the last window are dropped and a letterbox (``resize="pad"``) is removed.
 >>> tokens = larp.tokenize_video("talk.mp4", tokenizer)            # the whole video, at its own frame rate
 >>> tokens.ids.shape, tokens.info["pad_frames"]                      # ((16, 1024), 6) for 250 frames
 >>> video = larp.detokenize_video(tokens.ids, tokens.info, tokenizer)   # (3, 250, 128, 128)
+
+**Adaptive lengths** (a tokenizer trained with nested dropout; :mod:`larp.budget`): with ``target_psnr``,
+``target_mse``, ``target_lpips`` or ``mean_tokens`` each window keeps only the first ``k`` of its ``N`` ids;
+``ids`` keep their shape ``(windows, N)`` with ``-1`` past each window's length, ``info["window_lengths"]``
+lists the lengths (always written, all ``N`` at a fixed length) and ``info["budget"]`` the policy.
+:func:`detokenize_video` decodes each window from its own length.
+
+>>> tokens = larp.tokenize_video("talk.mp4", tokenizer, target_psnr=30.0)
+>>> tokens.info["window_lengths"]                                     # [192, 64, 1024, ...]
 """
 
 from __future__ import annotations
@@ -21,12 +30,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from larp.budget import (
+    POLICIES,
+    POOLED,
+    allocate_pooled,
+    budget_option,
+    choose_lengths,
+    decode_prefixes,
+    encode_with_curves,
+    pad_past_lengths,
+    resolve_policy,
+    window_lengths_of,
+)
 from larp.data.windows import VideoWindows, WindowPlan
 from larp.models.tokenizer import LARPTokenizer
 from larp.precision import autocast
 
 __all__ = [
     "TokenizedVideo",
+    "adaptive_ids",
+    "budget_policy",
     "decode_windows",
     "detokenize_video",
     "encode_windows",
@@ -63,7 +86,13 @@ def encode_windows(tokenizer: LARPTokenizer, windows: torch.Tensor, precision: s
 
 
 def decode_windows(tokenizer: LARPTokenizer, ids: torch.Tensor, frames: int, precision: str = "auto") -> torch.Tensor:
-    """(b, N) ids -> (b, 3, frames, S, S) float32 on the CPU, clamped to [0, 1]."""
+    """(b, N) ids -> (b, 3, frames, S, S) float32 on the CPU, clamped to [0, 1].
+
+    Ids of ``-1`` past a window's length (adaptive lengths) decode each window from its own prefix
+    (:func:`larp.budget.decode_prefixes`; a nested-dropout tokenizer)."""
+    if bool((ids < 0).any()):
+        window_lengths_of(ids.cpu())  # only a tail may be -1
+        return decode_prefixes(tokenizer, ids, None, frames, precision).cpu()
     with autocast(precision, tokenizer.device):
         video = tokenizer.decode(ids.to(tokenizer.device), num_frames=frames, clamp=True)
     return video.float().cpu()
@@ -95,6 +124,14 @@ def tokenize_video(
     stochastic: bool = False,
     generator: torch.Generator | None = None,
     fingerprint: str | None = None,
+    target_psnr: float | None = None,
+    target_mse: float | None = None,
+    target_lpips: float | None = None,
+    mean_tokens: float | None = None,
+    target_mean_psnr: float | None = None,
+    candidates: list[int] | None = None,
+    predictor=None,
+    lpips=None,
 ) -> TokenizedVideo:
     """Tokenize a whole video: consecutive windows of the tokenizer's clip length, decoded as a stream.
 
@@ -110,23 +147,84 @@ def tokenize_video(
         precision: a :data:`larp.precision.PRECISIONS` name.
         stochastic, generator: sample codes (SVQ) instead of taking the nearest.
         fingerprint: the tokenizer's fingerprint when already known (computing it hashes every weight).
+        target_psnr, target_mse, target_lpips, target_mean_psnr, mean_tokens: at most one: adaptive lengths (a
+            nested-dropout tokenizer; :func:`larp.budget.adaptive_encode`). ``target_mean_psnr`` and
+            ``mean_tokens`` hold over all the windows of this call.
+        candidates: the lengths to choose from (default :func:`larp.budget.candidate_lengths`).
+        predictor: a length predictor (``larp.budget.LengthPredictorLike``): lengths chosen without decoding.
+        lpips: an LPIPS module for ``target_lpips`` (default: the pretrained weights).
 
     Returns:
-        :class:`TokenizedVideo`: ids ``(windows, N)`` int64 and info (``WindowInfo.to_dict()`` plus
-        ``tokenizer``, ``tokenizer_fingerprint``, ``tokens_per_window``, ``codebook_size``, ``size``,
-        ``stride``, ``end``).
+        :class:`TokenizedVideo`: ids ``(windows, N)`` int64 (``-1`` past each window's length) and info
+        (``WindowInfo.to_dict()`` plus ``tokenizer``, ``tokenizer_fingerprint``, ``tokens_per_window``,
+        ``codebook_size``, ``size``, ``stride``, ``end``, ``window_lengths``, ``mean_tokens`` (the mean length)
+        and ``budget`` (None, or the policy: its option and value, ``candidates``, ``metric``, ``predicted``).
 
     Raises:
         larp.data.video_io.VideoReadError: the file is unreadable (the message names it and the reason).
+        ValueError: adaptive options on a tokenizer without nested dropout, or several of them.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    option = budget_option(target_psnr=target_psnr, target_mse=target_mse, target_lpips=target_lpips,
+                           mean_tokens=mean_tokens, target_mean_psnr=target_mean_psnr)
+    if option is not None and stochastic:
+        raise ValueError("adaptive lengths take the nearest codes; stochastic encoding is not supported with them")
+    if option is None and predictor is not None:
+        raise ValueError("a length predictor needs a target (target_psnr, target_mse, target_lpips) or mean_tokens")
+    if option is not None:
+        resolve_policy(tokenizer, option, candidates, predictor)  # every check before the video is read
     plan = window_plan(tokenizer, fps=fps, stride=stride, start=start, end=end, max_windows=max_windows,
                        resize=resize)
     windows = VideoWindows(path, plan)
-    ids = [encode_windows(tokenizer, batch, precision, stochastic=stochastic, generator=generator)
-           for batch in _batches(windows, batch_size)]
-    return TokenizedVideo(torch.cat(ids).numpy(), tokens_info(windows, tokenizer, fingerprint))
+    if option is None:
+        ids = torch.cat([encode_windows(tokenizer, batch, precision, stochastic=stochastic, generator=generator)
+                         for batch in _batches(windows, batch_size)])
+        lengths, policy = torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long), None
+    else:
+        ids, lengths, policy = adaptive_ids(tokenizer, _batches(windows, batch_size), option, candidates=candidates,
+                                         predictor=predictor, batch_size=batch_size, precision=precision,
+                                         lpips=lpips)
+    info = tokens_info(windows, tokenizer, fingerprint)
+    info.update(window_lengths=lengths.tolist(), mean_tokens=float(lengths.double().mean()), budget=policy)
+    return TokenizedVideo(ids.numpy(), info)
+
+
+def budget_policy(option: tuple[str, float], candidates: list[int], metric: str, predictor=None) -> dict:
+    """How adaptive lengths were chosen, for sidecars and ``_dataset.json``."""
+    kind, value = option
+    return {POLICIES[kind]: value, "candidates": list(candidates), "metric": metric,
+            "predicted": predictor is not None, "predictor": getattr(predictor, "source", None)}
+
+
+def adaptive_ids(tokenizer: LARPTokenizer, batches: Iterable[torch.Tensor], option: tuple[str, float], *,
+                 candidates=None, predictor=None, batch_size: int = 8, precision: str = "auto",
+                 lpips=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Ids (W, N) with -1 past each length, lengths (W,) and the policy, of the windows of all ``batches``
+    ((b, 3, T, S, S) each): a target per batch, a mean budget over all of them (their curves kept, the
+    allocation made at the end). ``option`` is :func:`larp.budget.budget_option`'s."""
+    kind, value = option
+    ids, lengths, curves = [], [], []
+    metric, used = None, candidates
+    for batch in batches:
+        if kind in POOLED:
+            batch_ids, batch_curves, used, metric = encode_with_curves(
+                tokenizer, batch, candidates, predictor=predictor, batch_size=batch_size, precision=precision)
+            ids.append(batch_ids)
+            curves.append(batch_curves)
+        else:
+            choice = choose_lengths(tokenizer, batch, **{POLICIES[kind]: value}, candidates=candidates,
+                                    predictor=predictor, batch_size=batch_size, precision=precision, lpips=lpips)
+            ids.append(choice.ids)
+            lengths.append(choice.lengths)
+            used, metric = choice.candidates, choice.metric
+    all_ids = torch.cat(ids)
+    if kind in POOLED:
+        all_lengths = allocate_pooled(option, torch.cat(curves), used, metric)
+        all_ids = pad_past_lengths(all_ids, all_lengths)
+    else:
+        all_lengths = torch.cat(lengths)
+    return all_ids, all_lengths, budget_policy(option, used, metric, predictor)
 
 
 def tokens_info(windows: VideoWindows, tokenizer: LARPTokenizer, fingerprint: str | None = None) -> dict:
@@ -174,6 +272,10 @@ def iter_decoded(ids: np.ndarray | torch.Tensor, info: dict, tokenizer: LARPToke
     expected = info.get("num_windows")
     if expected is not None and int(expected) != ids.shape[0]:
         raise ValueError(f"the ids hold {ids.shape[0]} windows but the info says {expected}")
+    lengths = window_lengths_of(ids)
+    recorded = info.get("window_lengths")
+    if recorded is not None and [int(n) for n in recorded] != lengths.tolist():
+        raise ValueError("the ids' window lengths (ids >= 0 per window) differ from the info's window_lengths")
     if frames > tokenizer.config.frame_num:
         raise ValueError(f"the windows have {frames} frames; this tokenizer decodes at most "
                          f"{tokenizer.config.frame_num}")

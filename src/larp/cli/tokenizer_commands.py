@@ -26,13 +26,14 @@ from larp.cli.arguments import (
     positive_float,
     positive_int,
 )
-from larp.cli.dataset_commands import add_dataset_args
+from larp.cli.dataset_commands import add_budget_args, add_dataset_args, budget_kwargs
 from larp.data.video_io import probe_video, write_video, write_video_pieces
 from larp.data.windows import RESIZE_POLICIES, VideoWindows
 from larp.files import write_atomic, write_json_atomic
 from larp.models.tokenizer import LARPTokenizer
 from larp.precision import resolve_precision
 from larp.video_tokens import (
+    adaptive_ids,
     decode_windows,
     encode_windows,
     iter_decoded,
@@ -78,6 +79,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="sample codes (SVQ) instead of taking the nearest code (the released generators use the default)",
     )
     tokenize.add_argument("--seed", type=nonnegative_int, default=0, help="seed for --stochastic (default 0)")
+    add_budget_args(tokenize)
     add_window_args(tokenize)
     _add_model_args(tokenize, required=False)
     tokenize.set_defaults(run=run_tokenize)
@@ -108,6 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     reconstruct.add_argument("--batch-size", type=positive_int, default=VIDEO_BATCH_SIZE,
                              help=f"windows per forward pass (default {VIDEO_BATCH_SIZE})")
+    add_budget_args(reconstruct, manifest=False)
     add_window_args(reconstruct)
     _add_model_args(reconstruct, required=True)
     reconstruct.set_defaults(run=run_reconstruct)
@@ -190,6 +193,9 @@ def run_tokenize(args: argparse.Namespace) -> int:
         raise ValueError("give either video files, or --manifest (a token dataset) or --config (a recipe's token "
                          "cache), not both or neither")
     if args.config:  # a recipe's token cache
+        if budget_kwargs(args) or args.predict or args.candidates:
+            raise ValueError("adaptive lengths (--target-*, --mean-tokens, --predict, --candidates) apply to video "
+                             "files and --manifest, not to a recipe's token cache (--config)")
         from larp.cli.cache_commands import run_tokenize_cache
 
         return run_tokenize_cache(args, load_tokenizer)
@@ -202,20 +208,22 @@ def run_tokenize(args: argparse.Namespace) -> int:
     if not args.tokenizer:
         raise ValueError("--tokenizer is required: the tokenizer folder or repo id")
     windows = window_kwargs(args)
+    budget_kwargs(args)  # flag combinations, before the model is loaded
     tokenizer = load_tokenizer(args.tokenizer, args.device, args.dtype)
+    budget = budget_kwargs(args, tokenizer)
     from larp.training.token_cache import tokenizer_fingerprint
 
     fingerprint = tokenizer_fingerprint(tokenizer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator(tokenizer.device).manual_seed(args.seed) if args.stochastic else None
-    total_windows = 0
+    total_windows, total_tokens = 0, 0
     # the bar only on a terminal (disable=None), so logs and captured output stay clean
     with tqdm(total=len(args.videos), unit="video", desc="tokenize", disable=True if args.quiet else None) as progress:
         for path, name in zip(args.videos, _output_names(args.videos)):
             tokens = tokenize_video(path, tokenizer, **windows, batch_size=args.batch_size or VIDEO_BATCH_SIZE,
                                     precision=args.dtype, stochastic=args.stochastic, generator=generator,
-                                    fingerprint=fingerprint)
+                                    fingerprint=fingerprint, **budget)
             sidecar = {
                 "video": str(path),
                 **tokens.info,
@@ -224,11 +232,17 @@ def run_tokenize(args: argparse.Namespace) -> int:
                 "seed": args.seed if args.stochastic else None,
                 "dtype": resolve_precision(args.dtype, tokenizer.device),
             }
+            if sidecar.get("budget") and budget.get("predictor") is not None:
+                sidecar["budget"]["predictor"] = args.predict
             _write_tokens(out / name, tokens.ids, sidecar)
             total_windows += tokens.ids.shape[0]
+            total_tokens += sum(tokens.info["window_lengths"])
             progress.set_postfix(windows=total_windows)
             progress.update(1)
     print(f"wrote {len(args.videos)} token file(s) ({total_windows} windows) to {out}")
+    if budget:
+        print(f"adaptive lengths: {total_tokens / max(total_windows, 1):.2f} tokens per window on average (of "
+              f"{tokenizer.config.num_tokens})")
     return 0
 
 
@@ -311,16 +325,15 @@ def frame_psnr(reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     windows_args = window_kwargs(args)
+    budget_kwargs(args)  # flag combinations, before the model is loaded
     tokenizer = load_tokenizer(args.tokenizer, args.device, args.dtype)
+    budget = budget_kwargs(args, tokenizer)
     windows = VideoWindows(args.video, window_plan(tokenizer, **windows_args))
     frames = windows.plan.frames
     inputs, outputs, batch = [], [], []
 
     def flush() -> None:
-        clips = torch.stack(batch)
-        ids = encode_windows(tokenizer, clips, args.dtype)
-        outputs.append(decode_windows(tokenizer, ids, frames, args.dtype))
-        inputs.append(clips)
+        inputs.append(torch.stack(batch))
         batch.clear()
 
     for window in windows:
@@ -329,21 +342,36 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             flush()
     if batch:
         flush()
+    n = tokenizer.config.num_tokens
+    if budget:
+        from larp.budget import POLICIES, budget_option
+
+        option = budget_option(**{k: budget.pop(k) for k in list(budget) if k in POLICIES.values()})
+        ids, lengths, _ = adaptive_ids(tokenizer, inputs, option, batch_size=args.batch_size, precision=args.dtype,
+                                       **budget)
+        ids, lengths = ids.split(args.batch_size), lengths.tolist()
+    else:
+        ids = [encode_windows(tokenizer, clips, args.dtype) for clips in inputs]
+        lengths = [n] * sum(len(clips) for clips in inputs)
+    outputs = [decode_windows(tokenizer, batch_ids, frames, args.dtype) for batch_ids in ids]
     info = windows.info.to_dict()
     # (3, windows * frames, S, S) -> the video's own frames, letterbox removed
     source = strip_padding(torch.cat(inputs).permute(1, 0, 2, 3, 4).flatten(1, 2), info)
     recon = strip_padding(torch.cat(outputs).permute(1, 0, 2, 3, 4).flatten(1, 2), info)
     per_frame = frame_psnr(source, recon)
+    tokens_per_window = (f"{sum(lengths) / len(lengths):.2f} tokens each on average (of {n})" if budget_kwargs(args)
+                         else f"{n} tokens each")
     for w in range(info["num_windows"]):
         lo, hi = w * frames, min((w + 1) * frames, per_frame.shape[0])
-        print(f"window {w}: PSNR {per_frame[lo:hi].mean().item():.2f} dB (frames {lo}-{hi - 1})")
+        print(f"window {w}: PSNR {per_frame[lo:hi].mean().item():.2f} dB (frames {lo}-{hi - 1}, {lengths[w]} "
+              f"tokens)")
     fps = info["fps"]
     if not fps > 0:  # a container without a frame rate
         raise ValueError(f"cannot tell the frame rate of {args.video}: give --fps")
     write_video(args.output, torch.cat([source, recon], dim=3) if args.side_by_side else recon, fps=fps)
     print(
         f"PSNR {per_frame.mean().item():.2f} dB over {per_frame.shape[0]} frames ({info['num_windows']} window(s) of "
-        f"{frames} frames {recon.shape[3]}x{recon.shape[2]}, {tokenizer.config.num_tokens} tokens each, "
+        f"{frames} frames {recon.shape[3]}x{recon.shape[2]}, {tokens_per_window}, "
         f"{info['pad_frames']} padded) -> {args.output}"
     )
     return 0

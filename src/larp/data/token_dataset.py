@@ -19,7 +19,12 @@ unknown), ``tokens`` (every window's ids, flat; uint16 when the codebook fits, e
 ``source_frames``, ``source_width``, ``source_height``; optionally ``cond_tokens`` (frame-prediction condition
 ids, flat like ``tokens``) and ``flipped`` (a mirrored clip). Any Parquet reader reads the shards
 (``pyarrow``, pandas, polars, HF ``datasets``);
-:class:`TokenWindows` serves each full window as a training sample.
+:class:`TokenWindows` serves each window as a training sample.
+
+**Adaptive lengths** (:mod:`larp.budget`, a nested-dropout tokenizer): ``write_token_dataset(...,
+target_psnr=...)`` (or ``target_mse``, ``target_lpips``, ``mean_tokens``: a budget per shard) keeps only each
+window's first ``k`` ids: ``tokens`` holds the valid ids only (``sum(window_lengths)`` of them) and
+``_dataset.json`` records the ``budget`` policy and the ``mean_tokens`` per window reached.
 
 :func:`write_token_dataset` tokenizes a list of videos into such a folder: shards are fixed chunks of the list,
 written atomically, so a killed run resumes (finished shards kept) and any number of ``torchrun`` ranks give
@@ -52,7 +57,16 @@ from larp.models.tokenizer import LARPTokenizer
 from larp.precision import resolve_precision
 from larp.training.distributed import DistInfo, barrier, gather_objects
 from larp.training.token_cache import tokenizer_fingerprint
-from larp.video_tokens import encode_windows
+from larp.budget import (
+    POLICIES,
+    POOLED,
+    allocate_pooled,
+    budget_option,
+    choose_lengths,
+    encode_with_curves,
+    resolve_policy,
+)
+from larp.video_tokens import budget_policy, encode_windows
 
 __all__ = [
     "FAILED_NAME",
@@ -272,14 +286,20 @@ def _flat(column: pa.ChunkedArray) -> np.ndarray:
 
 
 class TokenWindows(Dataset):
-    """Every full window of a token dataset as a sample: ``{"tokens": LongTensor (N,), "label": int}``
-    (``label`` -1 when unknown), plus ``"cond"`` (N,) when the dataset has condition tokens.
+    """Every window of a token dataset as a sample: ``{"tokens": LongTensor (N,), "length": int, "label": int}``.
 
-    All ids are loaded into memory (numpy, at their stored width); windows shorter than
-    ``tokens_per_window`` (none, for LARP) are left out.
+    ``length`` is the window's number of ids. An adaptive dataset (its ``_dataset.json`` has a ``budget``,
+    :mod:`larp.budget`, or ``variable_lengths=True``) stores only each window's first ``length`` ids: every
+    window is served, ``tokens`` padded with ``-1`` past its length. A fixed-length dataset serves its full
+    windows only (``length`` = ``N``; a shorter window, such as a partial last one, is no sample). ``label`` is
+    -1 when unknown. ``"cond"`` (N,) is added when the dataset has condition tokens: stored like ``tokens``
+    (the same lengths, padded alike) or full length, ``N`` per window.
+
+    All ids are loaded into memory (numpy, at their stored width). A window of more than ``tokens_per_window``
+    ids is an error naming the folder.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, *, variable_lengths: bool | None = None):
         self.folder = Path(folder)
         self.info = read_dataset_info(self.folder)
         tokens_per_window = self.info.get("tokens_per_window")
@@ -292,40 +312,62 @@ class TokenWindows(Dataset):
         if lengths.sum() != tokens.size:
             raise ValueError(f"{self.folder}: the window lengths add up to {lengths.sum()} ids, the shards hold "
                              f"{tokens.size}: a shard is damaged")
+        if lengths.size and lengths.max() > n:
+            raise ValueError(f"{self.folder}: window lengths up to {lengths.max()}; expected at most "
+                             f"tokens_per_window ({n})")
+        self.variable_lengths = bool(self.info.get("budget")) if variable_lengths is None else variable_lengths
         per_row = table.column("window_lengths").combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
         per_row = np.nan_to_num(per_row.astype(np.float64)).astype(np.int64)  # a null list has no window
-        starts = np.cumsum(lengths) - lengths
-        full = lengths == n
         row_of_window = np.repeat(np.arange(len(per_row)), per_row)
         labels = table.column("label").to_numpy(zero_copy_only=False)
         labels = np.where(np.isnan(labels.astype(np.float64)), -1, labels).astype(np.int64)
+        served = lengths >= 1 if self.variable_lengths else lengths == n
+        starts = np.cumsum(lengths) - lengths
         self._tokens = tokens
-        self._starts = starts[full]
-        self._labels = labels[row_of_window[full]]
+        self._starts = starts[served]
+        self._lengths = lengths[served]
+        self._windows = np.flatnonzero(served)  # index among all stored windows (full-length condition ids)
+        self._labels = labels[row_of_window[served]]
         self._cond: np.ndarray | None = None
+        self._cond_full = False  # condition ids stored N per window (not at the window's length)
         if "cond_tokens" in table.column_names and table.column("cond_tokens").null_count < table.num_rows:
             if table.column("cond_tokens").null_count:
                 raise ValueError(f"{self.folder}: some rows have condition tokens (cond_tokens) and some not")
             cond = _flat(table.column("cond_tokens"))
             if cond.size != tokens.size:
-                raise ValueError(f"{self.folder}: cond_tokens hold {cond.size} ids, tokens {tokens.size}")
+                if cond.size != n * lengths.size:
+                    raise ValueError(f"{self.folder}: cond_tokens hold {cond.size} ids, tokens {tokens.size} in "
+                                     f"{lengths.size} windows (expected as many, or {n} per window)")
+                self._cond_full = True
             self._cond = cond
         codebook = self.info.get("codebook_size")
         if tokens.size and isinstance(codebook, int) and int(tokens.max()) >= codebook:
             raise ValueError(f"{self.folder}: ids up to {int(tokens.max())} in a codebook of {codebook}")
 
+    @property
+    def lengths(self) -> np.ndarray:
+        """(windows,) the number of ids of every window."""
+        return self._lengths
+
     def __len__(self) -> int:
         return len(self._starts)
+
+    def _padded(self, values: np.ndarray, start: int, length: int) -> torch.Tensor:
+        out = np.full(self.tokens_per_window, -1, dtype=np.int64)
+        out[:length] = values[start : start + length]
+        return torch.from_numpy(out)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"window {index} of {len(self)}")
-        start = int(self._starts[index])
-        end = start + self.tokens_per_window
-        item = {"tokens": torch.from_numpy(self._tokens[start:end].astype(np.int64)),
+        index = index % len(self)
+        start, length = int(self._starts[index]), int(self._lengths[index])
+        item = {"tokens": self._padded(self._tokens, start, length), "length": length,
                 "label": int(self._labels[index])}
         if self._cond is not None:
-            item["cond"] = torch.from_numpy(self._cond[start:end].astype(np.int64))
+            n = self.tokens_per_window
+            item["cond"] = (self._padded(self._cond, int(self._windows[index]) * n, n) if self._cond_full
+                            else self._padded(self._cond, start, length))
         return item
 
 
@@ -407,8 +449,22 @@ def write_token_dataset(
     tokenizer_id: str | None = None,
     source: str | None = None,
     fingerprint: str | None = None,
+    target_psnr: float | None = None,
+    target_mse: float | None = None,
+    target_lpips: float | None = None,
+    mean_tokens: float | None = None,
+    target_mean_psnr: float | None = None,
+    candidates: list[int] | None = None,
+    predictor: Any = None,
 ) -> dict[str, Any]:
     """Tokenize ``entries`` into the token dataset ``out``; returns its ``_dataset.json``.
+
+    Adaptive lengths (a nested-dropout tokenizer, :mod:`larp.budget`): at most one of ``target_psnr``,
+    ``target_mse``, ``target_lpips`` (each window's smallest candidate length meeting it), ``target_mean_psnr``
+    (the mean PSNR of each shard's windows meets it) or ``mean_tokens`` (``mean_tokens`` ids per window on
+    average **over each shard**: the budget is shared among a shard's windows), from ``candidates`` (default :func:`larp.budget.candidate_lengths`), by decoding or with a
+    length ``predictor``. The rows then hold each window's valid ids only, ``window_lengths`` their counts;
+    ``_dataset.json`` records the policy (``budget``) and the mean length reached (``mean_tokens``).
 
     Shard ``s`` holds ``entries[s * videos_per_shard : (s + 1) * videos_per_shard]`` in order (the videos
     that decode), whatever the number of processes: under ``torchrun`` rank ``r`` writes the shards with
@@ -436,6 +492,14 @@ def write_token_dataset(
     if (plan.frames, plan.size) != (config.frame_num, config.input_size):
         raise ValueError(f"the window plan ({plan.frames} frames of {plan.size}x{plan.size}) is not the "
                          f"tokenizer's ({config.frame_num} frames of {config.input_size}x{config.input_size})")
+    option = budget_option(target_psnr=target_psnr, target_mse=target_mse, target_lpips=target_lpips,
+                           mean_tokens=mean_tokens, target_mean_psnr=target_mean_psnr)
+    policy = None
+    if option is not None:
+        chosen, metric = resolve_policy(tokenizer, option, candidates, predictor)
+        policy = budget_policy(option, chosen, metric, predictor)
+    elif predictor is not None:
+        raise ValueError("a length predictor needs a target (target_psnr, target_mse, target_lpips) or mean_tokens")
     fingerprint = fingerprint or tokenizer_fingerprint(tokenizer)
     codebook = int(config.quantizer.codebook_size)
     settings = {
@@ -443,12 +507,13 @@ def write_token_dataset(
         "stride": plan.stride, "start": plan.start, "end": plan.end, "max_windows": plan.max_windows,
         "resize": plan.resize, "dtype": resolve_precision(precision, tokenizer.device),
         "videos_per_shard": videos_per_shard, "num_entries": len(entries), "entries_sha256": _entries_digest(entries),
+        "budget": policy,
     }
     header = {
         "tokenizer": tokenizer_id or getattr(tokenizer, "source", None), "tokenizer_fingerprint": fingerprint,
         "codebook_size": codebook, "tokens_per_window": int(config.num_tokens), "frames_per_window": plan.frames,
         "size": plan.size, "fps": plan.fps, "stride": plan.stride, "resize": plan.resize, "source": source,
-        "special_tokens": SPECIAL_TOKENS,
+        "special_tokens": SPECIAL_TOKENS, "budget": policy,
     }
     num_shards = math.ceil(len(entries) / videos_per_shard)
 
@@ -474,7 +539,8 @@ def write_token_dataset(
         mine = [s for s in range(num_shards) if s % info.world_size == info.rank and not _shard_finished(out, s)]
         _tokenize_shards(entries, mine, tokenizer, out, plan, codebook=codebook, videos_per_shard=videos_per_shard,
                          batch_size=batch_size, num_workers=num_workers, precision=precision,
-                         progress=progress and info.is_main, ranks=info.world_size)
+                         progress=progress and info.is_main, ranks=info.world_size,
+                         budget=None if option is None else (option, policy, predictor))
         barrier(info)
         if info.is_main:
             _finish(out, num_shards, {**header, "settings": settings})
@@ -487,25 +553,30 @@ def write_token_dataset(
 
 def _finish(out: Path, num_shards: int, header: dict[str, Any]) -> None:
     """Merge the shards' failed lists into _failed.jsonl and write the complete _dataset.json."""
-    failed, videos, windows = [], 0, 0
+    failed, videos, windows, tokens = [], 0, 0, 0
     for shard in range(num_shards):
         missing = [n for n in (shard_name(shard), _failed_name(shard)) if not (out / n).is_file()]
         if missing:
             raise RuntimeError(f"{out}: {', '.join(missing)} missing after every rank finished")
         failed += read_jsonl(out / _failed_name(shard))
-        counts = pq.read_table(out / shard_name(shard), columns=["num_windows"]).column("num_windows")
+        table = pq.read_table(out / shard_name(shard), columns=["num_windows", "window_lengths"])
+        counts = table.column("num_windows")
         videos += len(counts)
         windows += int(np.sum(counts.to_numpy(zero_copy_only=False)))
+        tokens += int(np.sum(_flat(table.column("window_lengths")))) if table.num_rows else 0
     write_text_atomic(out / FAILED_NAME, "".join(json.dumps(record) + "\n" for record in failed))
     write_dataset_info(out, {**header, "complete": True, "num_videos": videos, "num_windows": windows,
-                             "num_failed": len(failed), "shards": [shard_name(s) for s in range(num_shards)]})
+                             "mean_tokens": tokens / windows if windows else None, "num_failed": len(failed),
+                             "shards": [shard_name(s) for s in range(num_shards)]})
 
 
 def _tokenize_shards(entries: Sequence[VideoEntry], shards: list[int], tokenizer: LARPTokenizer, out: Path,
                      plan: WindowPlan, *,
                      codebook: int, videos_per_shard: int, batch_size: int, num_workers: int, precision: str,
-                     progress: bool, ranks: int) -> None:
-    """Write ``shards`` (this rank's unfinished ones): one DataLoader decodes all their videos."""
+                     progress: bool, ranks: int, budget: tuple | None = None) -> None:
+    """Write ``shards`` (this rank's unfinished ones): one DataLoader decodes all their videos.
+
+    ``budget``: (option, policy, predictor) for adaptive lengths (a target per batch; a mean per shard)."""
     if not shards:
         return
     # the key of a video is its index in ``entries``: shard key // videos_per_shard
@@ -515,29 +586,64 @@ def _tokenize_shards(entries: Sequence[VideoEntry], shards: list[int], tokenizer
     loader = DataLoader(_ShardVideos(items, plan, batch_size), batch_size=None, num_workers=num_workers)
     pending: list[tuple[int, torch.Tensor]] = []  # windows waiting for a forward pass
     ids: dict[int, list[np.ndarray]] = {}
+    lengths: dict[int, list[int]] = {}  # per video, its windows' lengths (targets) ...
+    curves: dict[int, list[np.ndarray]] = {}  # ... or their rate-quality curves (a pooled policy, per shard)
     done: dict[int, dict] = {}
     failed: dict[int, str] = {}
     windows_total, failures, started = 0, 0, time.perf_counter()
 
     def forward(count: int) -> None:
         batch, pending[:] = pending[:count], pending[count:]
-        codes = encode_windows(tokenizer, torch.stack([w for _, w in batch]), precision).numpy()
-        for (key, _), row in zip(batch, codes):
+        clips = torch.stack([w for _, w in batch])
+        n = int(tokenizer.config.num_tokens)
+        batch_lengths = batch_curves = None
+        if budget is None:
+            codes = encode_windows(tokenizer, clips, precision).numpy()
+        elif budget[0][0] in POOLED:
+            full, batch_curves, _, _ = encode_with_curves(tokenizer, clips, budget[1]["candidates"],
+                                                          predictor=budget[2], batch_size=batch_size,
+                                                          precision=precision)
+            codes, batch_curves = full.numpy(), batch_curves.numpy()
+        else:
+            kind, value = budget[0]
+            choice = choose_lengths(tokenizer, clips, **{POLICIES[kind]: value}, candidates=budget[1]["candidates"],
+                                    predictor=budget[2], batch_size=batch_size, precision=precision)
+            codes, batch_lengths = choice.ids.numpy(), choice.lengths.tolist()
+        for i, ((key, _), row) in enumerate(zip(batch, codes)):
             if key not in failed:
                 ids.setdefault(key, []).append(row)
+                lengths.setdefault(key, []).append(n if batch_lengths is None else batch_lengths[i])
+                if batch_curves is not None:
+                    curves.setdefault(key, []).append(batch_curves[i])
+
+    def allocate(keys: list[int]) -> None:
+        """A pooled policy (a mean budget or a mean target) over the windows of ``keys`` (one shard's videos)."""
+        option, policy, _ = budget
+        if not keys:
+            return
+        table = np.concatenate([np.stack(curves.pop(key)) for key in keys])
+        chosen = allocate_pooled(option, torch.from_numpy(table), policy["candidates"], policy["metric"]).tolist()
+        for key in keys:
+            count = len(lengths[key])
+            lengths[key], chosen = chosen[:count], chosen[count:]
 
     def write(shard: int) -> None:
         rows, reasons = [], []
-        for key in range(shard * videos_per_shard, min((shard + 1) * videos_per_shard, len(entries))):
+        keys = range(shard * videos_per_shard, min((shard + 1) * videos_per_shard, len(entries)))
+        if budget is not None and budget[0][0] in POOLED:
+            allocate([key for key in keys if key not in failed])
+        for key in keys:
             entry = entries[key]
             if key in failed:
                 reasons.append({"video": entry.path, "reason": failed.pop(key)})
                 continue
             meta = done.pop(key)
             codes = np.stack(ids.pop(key))
+            counts = lengths.pop(key)
             width, height = meta["source_size"]
-            rows.append({"video": entry.path, "label": entry.label, "tokens": codes.reshape(-1),
-                         "window_lengths": [codes.shape[1]] * codes.shape[0], "num_windows": codes.shape[0],
+            rows.append({"video": entry.path, "label": entry.label,
+                         "tokens": np.concatenate([row[:k] for row, k in zip(codes, counts)]),
+                         "window_lengths": counts, "num_windows": codes.shape[0],
                          "fps": meta["fps"], "start": meta["start"], "pad_frames": meta["pad_frames"],
                          "source_fps": meta["source_fps"], "source_frames": meta["source_frames"],
                          "source_width": width, "source_height": height})
@@ -559,6 +665,8 @@ def _tokenize_shards(entries: Sequence[VideoEntry], shards: list[int], tokenizer
                 failures += 1
                 pending[:] = [(k, w) for k, w in pending if k != key]
                 ids.pop(key, None)
+                lengths.pop(key, None)
+                curves.pop(key, None)
             else:
                 done[key] = extra
                 windows_total += int(extra["num_windows"])
