@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -322,5 +323,10 @@ def test_official_config_validation():
         LARPGenerator.config_from_official({**data, "drop_path_rate": 0.1})
     with pytest.raises(ValueError, match="dim: expected an integer"):
         LARPGenerator.config_from_official({**data, "dim": "wide"})
-    # compat carries every GeneratorConfig field (and nothing else) over under its own name
-    assert set(official.GENERATOR_KEYS) == set(larp.config.config_to_dict(cfg))
+    # compat carries every GeneratorConfig field (and nothing else) over under its own name, but end_of_window:
+    # the official code has no end-of-window token, so such a model has no official format (False: the official
+    # behaviour, which an official config.json reads as)
+    assert set(official.GENERATOR_KEYS) == set(larp.config.config_to_dict(cfg)) - {"end_of_window"}
+    assert not LARPGenerator.config_from_official(data).end_of_window
+    with pytest.raises(ValueError, match="no official format"):
+        LARPGenerator.config_to_official(dataclasses.replace(cfg, end_of_window=True))

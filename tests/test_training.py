@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,69 @@ def test_nested_dropout_decodes_from_prefixes(tmp_path):
         assert tokenizer.decode(ids).shape == (2, 3, 16, 32, 32)
     with pytest.raises(ValueError, match="nested_dropout"):
         tiny_recipe("nested_dropout_prob=0.5")
+
+
+def test_nested_dropout_lengths_follow_the_recipe_and_the_default_draws_as_before():
+    from larp.training.recipe import NestedDropoutConfig
+    from larp.training.tokenizer_trainer import draw_keep_tokens
+
+    # the old flat recipe: the uniform default draws exactly what larp 0.2's inline code drew
+    recipe = tiny_recipe("model.nested_dropout=true", "nested_dropout_prob=0.5")
+    assert recipe.nested_dropout == NestedDropoutConfig()
+    torch.manual_seed(3)
+    keep = draw_keep_tokens(4096, 16, 0.5, recipe.nested_dropout)
+    torch.manual_seed(3)
+    old = torch.randint(1, 17, (4096,))
+    old = torch.where(torch.rand(4096) < 0.5, old, torch.full_like(old, 16))
+    assert torch.equal(keep, old)
+    assert draw_keep_tokens(8, 16, 0.0, recipe.nested_dropout) is None
+
+    # a truncated normal with a minimum length: every sample dropped (prob 1) to see the distribution
+    recipe = tiny_recipe("model.nested_dropout=true", "nested_dropout_prob=1.0",
+                         "nested_dropout.distribution=truncated_normal", "nested_dropout.mean=0.25",
+                         "nested_dropout.std=0.125", "nested_dropout.min_length=3")
+    torch.manual_seed(0)
+    keep = draw_keep_tokens(20000, 16, 1.0, recipe.nested_dropout).float()
+    assert keep.min() == 3 and keep.max() <= 16
+    # the exact law: P(k) proportional to P(k - 0.5 < X < k + 0.5) for X ~ N(4, 2), k in [3, 16]
+    cdf = lambda x: 0.5 * (1 + math.erf((x - 4) / (2 * math.sqrt(2))))
+    mass = {k: cdf(k + 0.5) - cdf(k - 0.5) for k in range(3, 17)}
+    total = sum(mass.values())
+    assert abs(keep.mean().item() - sum(k * m for k, m in mass.items()) / total) < 0.05
+    for k in (3, 4, 8):
+        assert abs((keep == k).float().mean().item() - mass[k] / total) < 0.01
+    with pytest.raises(ValueError, match="nested_dropout.min_length"):
+        tiny_recipe("model.nested_dropout=true", "nested_dropout.min_length=17")
+    with pytest.raises(ValueError, match="nested_dropout.distribution"):
+        tiny_recipe("model.nested_dropout=true", "nested_dropout.distribution=beta")
+
+
+def test_validation_logs_psnr_at_fixed_lengths_for_nested_dropout_models(tmp_path):
+    from larp.training.tokenizer_trainer import validation_lengths
+
+    recipe = tiny_recipe("model.nested_dropout=true", "nested_dropout_prob=0.5", "steps=1", "eval_every=1",
+                         "checkpoint_every=1")
+    assert validation_lengths(recipe) == [2, 4, 8, 16]
+    assert validation_lengths(tiny_recipe()) == []
+    assert validation_lengths(tiny_recipe("model.nested_dropout=true", "nested_dropout.val_lengths=[5,1]")) == [1, 5]
+    folder = train_tokenizer(recipe, tmp_path / "run", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = next(row for row in rows if "val_psnr" in row)
+    assert val["val_psnr@16"] == val["val_psnr"]
+    # recomputed here: decode the first k deterministic tokens of the validation clips
+    tokenizer = LARPTokenizer.from_pretrained(folder).eval()
+    task = TokenizerTask(recipe, dist.DistInfo(0, 0, 1, torch.device("cpu")), tmp_path / "other")
+    video = torch.stack([task.val[i]["video"] for i in range(len(task.val))])
+    for k in (2, 4, 8):
+        with torch.no_grad():
+            recon = tokenizer.decode(tokenizer.encode(video)[:, :k], num_frames=16, clamp=True)
+        expected = (10 * torch.log10(1 / ((recon - video) ** 2).flatten(1).mean(1))).mean().item()
+        assert abs(val[f"val_psnr@{k}"] - expected) < 1e-3
+    assert val["val_psnr@2"] != val["val_psnr@16"]
+    plain = train_tokenizer(tiny_recipe("steps=1", "eval_every=1", "checkpoint_every=1"), tmp_path / "plain",
+                            progress=False)
+    assert plain and not any("val_psnr@" in key for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+                             for key in json.loads(line))
 
 
 def test_a_corrupt_video_in_the_manifest_is_skipped_and_reported(tmp_path, caplog):

@@ -34,6 +34,7 @@ from larp.models.generator import LARPGenerator, check_matches_tokenizer
 from larp.models.tokenizer import LARPTokenizer
 from larp.precision import autocast, resolve_precision
 from larp.rollout import DEFAULT_CONDITION_FRAMES, check_predictor, recorded_condition_frames, roll_forward, rollout_frames
+from larp.training.generator_trainer import decode_padded
 
 logger = logging.getLogger(__name__)
 
@@ -180,14 +181,16 @@ def run_sample(args: argparse.Namespace) -> int:
     options = dict(cfg_scale=args.cfg_scale, cfg_interval=args.cfg_interval, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, generator=rng)
     names: list[str] = []
+    lengths: list[int] = []
     grid: list[torch.Tensor] = []
     with tqdm(total=total, unit="sample", desc="sample", disable=True if args.quiet else None) as bar:
         for first in range(0, total, args.batch_size):
             batch = range(first, min(first + args.batch_size, total))
             conditions, batch_names = zip(*(condition_and_name(i) for i in batch))
-            ids = generator.generate(torch.stack(conditions), **options)
-            with autocast(dtype, device):
-                videos = tokenizer.decode(ids, clamp=True).float().cpu()
+            ids, batch_lengths = generator.generate(torch.stack(conditions), return_lengths=True, **options)
+            with autocast(dtype, device):  # variable-length windows (-1 past the length): each from its length
+                videos = decode_padded(tokenizer, ids).float().cpu()
+            lengths += batch_lengths.tolist()
             for name, clip, row in zip(batch_names, videos, ids.cpu().numpy()):
                 write_atomic(out / f"{name}.npy", lambda tmp, row=row: np.save(tmp, row))
                 # frame prediction: the real clip on the left, the prediction on the right
@@ -204,6 +207,8 @@ def run_sample(args: argparse.Namespace) -> int:
         "cfg_scale": args.cfg_scale, "cfg_interval": args.cfg_interval, "temperature": args.temperature,
         "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed, "dtype": dtype,
         "batch_size": args.batch_size,
+        # ids per window (each .npy holds max_seq_len ids, -1 past its length, for an end_of_window generator)
+        "window_lengths": lengths, "end_of_window": config.end_of_window,
     })
     print(f"wrote {total} sample(s) and a grid to {out}")
     return 0
@@ -212,6 +217,9 @@ def run_sample(args: argparse.Namespace) -> int:
 def _run_rollout(args: argparse.Namespace, generator: LARPGenerator, tokenizer: LARPTokenizer, total: int) -> int:
     """``--windows K``: one long video per sample, frame prediction rolled forward (:mod:`larp.rollout`)."""
     config, device = generator.config, tokenizer.device
+    if config.end_of_window:
+        raise ValueError("--windows rolls fixed-length windows forward; this generator makes variable-length "
+                         "windows (end_of_window): sample without --windows")
     dtype = resolve_precision(args.dtype, device)
     frames = tokenizer.config.frame_num
     per_condition = args.num
@@ -225,6 +233,9 @@ def _run_rollout(args: argparse.Namespace, generator: LARPGenerator, tokenizer: 
         predictor = None
         if args.predictor is not None:
             predictor = LARPGenerator.from_pretrained(args.predictor, device=device)
+            if predictor.config.end_of_window:
+                raise ValueError(f"--predictor {args.predictor} makes variable-length windows (end_of_window), which "
+                                 f"rollouts do not chain; give a fixed-length frame predictor")
             check_predictor(predictor, tokenizer, name=f"--predictor {args.predictor}")
         k = _condition_frames(args, args.predictor)
     else:

@@ -9,6 +9,15 @@ table added after the token dropout. Two variants share the code:
 - frame prediction (FP): the sequence starts with the condition clip's ``max_seq_len`` token ids and a
   SEP token (id ``vocab_size``, one extra row in ``tok_embeddings``), ``cls_token_num = max_seq_len + 1``.
 
+Variable-length windows (``end_of_window=True``, beyond the paper; AdapTok's block separator): a window of a
+nested-dropout tokenizer may keep only its first k of N ids. Such a generator predicts one more id, the
+end-of-window token EOW = ``vocab_size`` (the codebook size; the output layer has ``vocab_size + 1`` rows),
+after a window's k < N ids; a window that reaches N ids ends without it. Inputs are the ids padded with -1
+past each window's length (the token files' and ``TokenWindows``' layout); :meth:`LARPGenerator.targets`
+makes the training targets (the ids, EOW, then ignored positions). EOW is never fed back (a sequence ends
+there), so the input table is unchanged. In a frame-prediction model the same number is the SEP *input* id;
+EOW is an *output* id only. Such a model has no official format.
+
 Parameter names equal the official state-dict keys, so official checkpoints load strictly. The KV cache
 is a separate object (``setup_cache`` / ``reset_cache``), never part of ``state_dict``.
 """
@@ -25,6 +34,9 @@ from larp.compat import official
 from larp.config import config_from_dict, config_to_dict
 from larp.hub import PretrainedMixin
 from larp.models import sampling
+
+
+IGNORE = -100  # target of the positions after a window's end (F.cross_entropy's default ignore_index)
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -51,6 +63,10 @@ class GeneratorConfig:
     max_seq_len: int = 1024  # tokens per video
     frame_prediction: bool = False
     initializer_range: float = 0.02
+    # Variable-length windows: predict an end-of-window token (id vocab_size) after a window's ids, so that
+    # windows of fewer than max_seq_len ids (adaptive token budgets) are modelled. False: every window has
+    # max_seq_len ids (the paper; checkpoints without this field).
+    end_of_window: bool = False
 
     def __post_init__(self):
         problems = []
@@ -79,6 +95,16 @@ class GeneratorConfig:
     @property
     def sep_token(self) -> int:
         return self.vocab_size
+
+    @property
+    def eow_token(self) -> int:
+        """The end-of-window output id (``end_of_window`` models): the codebook size."""
+        return self.vocab_size
+
+    @property
+    def output_size(self) -> int:
+        """Ids the model predicts: the codebook, plus EOW for ``end_of_window`` models."""
+        return self.vocab_size + int(self.end_of_window)
 
     @property
     def has_null_class(self) -> bool:
@@ -247,7 +273,7 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         self.abs_pe = nn.Parameter(torch.empty(1, config.seq_len, config.dim))
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layer))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = nn.Linear(config.dim, config.output_size, bias=False)
         self._caches: list[KVCache] | None = None
         self._causal_mask: torch.Tensor | None = None  # (max_len, max_len) bool, with the caches
         self.init_weights()
@@ -279,6 +305,9 @@ class LARPGenerator(PretrainedMixin, nn.Module):
     @classmethod
     def config_to_official(cls, config: GeneratorConfig) -> dict:
         """The official flat ``ModelArgs`` dict of ``config`` (readable by ``LARP_AR.from_pretrained``)."""
+        if config.end_of_window:
+            raise ValueError("a generator with end_of_window has no official format (the official code has no "
+                             "end-of-window token): save it with official_format=False")
         return official.generator_fields_to_official(config_to_dict(config), cls_token_num=config.cls_token_num)
 
     # ------------------------------------------------------------------ validation
@@ -304,8 +333,10 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         if length is not None and tokens.shape[1] != length:
             raise ValueError(f"{name} must have {length} tokens per video (max_seq_len), got {tokens.shape[1]}")
 
-    def _check_token_range(self, name: str, value_range: tuple[int, int] | None) -> None:
+    def _check_token_range(self, name: str, value_range: tuple[int, int] | None, padded: bool = False) -> None:
         vocab = self.config.vocab_size
+        if padded and value_range is not None and value_range[0] >= -1 and value_range[1] < vocab:
+            return  # -1: past a window's length (end_of_window models)
         if value_range is not None and (value_range[0] < 0 or value_range[1] >= vocab):
             raise ValueError(f"{name} must be ids in [0, {vocab}), got range [{value_range[0]}, {value_range[1]}]")
 
@@ -372,7 +403,9 @@ class LARPGenerator(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------------ teacher forcing
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, *, check_values: bool = True) -> torch.Tensor:
-        """Teacher-forced logits (b, N, vocab_size): position i predicts ``tokens[:, i]``.
+        """Teacher-forced logits (b, N, output_size): position i predicts ``tokens[:, i]`` (an
+        ``end_of_window`` model: ``targets(tokens)[:, i]``; its ``tokens`` may hold -1 past each window's
+        length, and positions past a window's EOW see arbitrary inputs, their logits are to be ignored).
 
         Shapes and dtypes are always checked (no sync). The value ranges of both inputs are read back
         together, one host sync per call; a training loop whose data was validated once (a checked token
@@ -383,12 +416,23 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         self._check_condition_layout(cond, tokens.shape[0])
         if check_values:
             token_range, cond_range = _value_ranges(tokens, cond)
-            self._check_token_range("tokens", token_range)
+            self._check_token_range("tokens", token_range, padded=self.config.end_of_window)
             self._check_condition_range(cond_range)
         if not self.config.frame_prediction:
             cond = self.drop_classes(cond)
-        h = torch.cat([self.embed_condition(cond), self.embed_tokens(tokens[:, :-1])], dim=1)
+        inputs = tokens[:, :-1].clamp(min=0) if self.config.end_of_window else tokens[:, :-1]
+        h = torch.cat([self.embed_condition(cond), self.embed_tokens(inputs)], dim=1)
         return self.forward_embeddings(h)[:, self.config.cls_token_num - 1 :]
+
+    def targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Training targets (b, N) of token rows (b, N) padded with -1 past each window's length: the ids, EOW
+        at the first -1 (a window of k < N ids), ``IGNORE`` (-100, ``cross_entropy``'s ignore index) after
+        it. A model without ``end_of_window``: the rows themselves."""
+        if not self.config.end_of_window:
+            return tokens
+        padded = tokens < 0
+        first = padded & ~torch.cat([torch.zeros_like(padded[:, :1]), padded[:, :-1]], dim=1)  # the first -1 of a row
+        return torch.where(first, self.config.eow_token, torch.where(padded, IGNORE, tokens))
 
     def forward_embeddings(self, h: torch.Tensor) -> torch.Tensor:
         """Causal pass without a cache over input embeddings (b, s, dim) at positions 0..s-1 -> (b, s, V)."""
@@ -442,13 +486,15 @@ class LARPGenerator(PretrainedMixin, nn.Module):
         return self._trunk(h, input_pos)
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, cond: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Sample token ids (b, max_seq_len); see :func:`larp.models.sampling.generate` for the options."""
+    def generate(self, cond: torch.Tensor, **kwargs) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Sample token ids (b, max_seq_len) (-1 past each window's length for an ``end_of_window`` model; with
+        ``return_lengths=True`` also the lengths (b,)); see :func:`larp.models.sampling.generate`."""
         return sampling.generate(self, cond, **kwargs)
 
     def extra_repr(self) -> str:
         kind = "frame prediction" if self.config.frame_prediction else f"{self.config.num_classes} classes"
-        return f"{kind}, {self.config.max_seq_len} tokens, vocab {self.config.vocab_size}"
+        eow = ", end-of-window token" if self.config.end_of_window else ""
+        return f"{kind}, {self.config.max_seq_len} tokens, vocab {self.config.vocab_size}{eow}"
 
 
 def check_matches_tokenizer(config: GeneratorConfig, tokenizer_config) -> None:
@@ -461,6 +507,9 @@ def check_matches_tokenizer(config: GeneratorConfig, tokenizer_config) -> None:
             f"tokenizer makes {tokens} tokens from a codebook of {codebook}: they do not belong together "
             f"(a generator for it has vocab_size={codebook}, max_seq_len={tokens})"
         )
+    if config.end_of_window and not tokenizer_config.nested_dropout:
+        raise ValueError("the generator makes variable-length windows (end_of_window) but the tokenizer was built "
+                         "without nested_dropout, so it cannot decode fewer than all its tokens")
 
 
-__all__ = ["GENERATOR_PRESETS", "GeneratorConfig", "LARPGenerator", "check_matches_tokenizer", "find_multiple"]
+__all__ = ["GENERATOR_PRESETS", "IGNORE", "GeneratorConfig", "LARPGenerator", "check_matches_tokenizer", "find_multiple"]

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["filter_logits", "generate", "sample_logits", "top_k_filter", "top_p_filter"]
+EOW_CHECK_EVERY = 8  # decode steps between the checks whether every window has ended (a host sync each)
+
+__all__ = ["EOW_CHECK_EVERY", "filter_logits", "generate", "sample_logits", "top_k_filter", "top_p_filter"]
 
 
 def top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -114,8 +116,14 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
-) -> torch.Tensor:
+    return_lengths: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Sample ``max_seq_len`` token ids per condition -> int64 (b, max_seq_len).
+
+    An ``end_of_window`` model samples variable-length windows: a row ends when it draws the end-of-window
+    id (never as its first id; a row that reaches ``max_seq_len`` ids ends there, EOW being impossible at the
+    last position); its ids past the end are -1. Finished rows are fed a placeholder so the batch goes on,
+    and decoding stops once every row has ended (checked every ``EOW_CHECK_EVERY`` steps: one host sync each).
 
     Args:
         model: a ``LARPGenerator`` (run in eval mode here; its mode is restored afterwards).
@@ -128,6 +136,10 @@ def generate(
         temperature, top_k, top_p: as :func:`sample_logits`; ``top_k=1`` is greedy.
         generator: a ``torch.Generator`` for reproducible sampling.
         use_cache: decode with the KV cache (default) or recompute the whole prefix at each step.
+        return_lengths: also return each window's length (b,) (``max_seq_len`` for a fixed-length model).
+
+    Returns:
+        ids (b, max_seq_len), or (ids, lengths) with ``return_lengths``.
 
     Raises:
         ValueError: invalid condition or options, CFG requested for a frame-prediction model or one
@@ -153,6 +165,8 @@ def generate(
         cond = torch.cat([cond, torch.full_like(cond, config.null_class)])
     rows = cond.shape[0]
 
+    eow = config.eow_token if getattr(config, "end_of_window", False) else None
+
     def pick(logits: torch.Tensor, n: int) -> torch.Tensor:
         if use_cfg:
             cond_logits, uncond_logits = logits.split(batch)
@@ -160,11 +174,31 @@ def generate(
                 logits = uncond_logits + (cond_logits - uncond_logits) * cfg_scale
             else:
                 logits = cond_logits
+        if eow is not None and (n == 0 or n == n_tokens - 1):
+            logits = logits[..., :eow]  # a window has at least one id; the N-th id ends it without EOW
         return _sample(logits, temperature, top_k, top_p, generator)
+
+    done = torch.zeros(batch, dtype=torch.bool, device=device) if eow is not None else None
+
+    def emit(token: torch.Tensor, n: int) -> torch.Tensor:
+        """Record the id sampled at step n; return the id to feed back (EOW models: -1 past a row's end in
+        ``out``, and a placeholder 0 fed for ended rows)."""
+        if done is None:
+            out[:, n] = token
+            return token
+        done.logical_or_(token == eow)
+        out[:, n] = token.masked_fill(done, -1)
+        return token.masked_fill(done, 0)
+
+    def all_done(n: int) -> bool:
+        return done is not None and (n + 1) % EOW_CHECK_EVERY == 0 and bool(done.all())
 
     was_training = model.training
     model.eval()
-    out = torch.empty(batch, n_tokens, dtype=torch.long, device=device)
+    if eow is None:
+        out = torch.empty(batch, n_tokens, dtype=torch.long, device=device)
+    else:  # -1 wherever no id is written: past each row's end, and every step after all rows ended
+        out = torch.full((batch, n_tokens), -1, dtype=torch.long, device=device)
     try:
         prefix = model.embed_condition(cond)
         if use_cache:
@@ -173,21 +207,26 @@ def generate(
             model.setup_cache(rows, seq_len, dtype=_compute_dtype(device, prefix.dtype), device=device)
             logits = model.forward_step(prefix, positions[:prefix_len])[:, -1]
             for n in range(n_tokens):
-                token = pick(logits, n)
-                out[:, n] = token
-                if n + 1 < n_tokens:
+                token = emit(pick(logits, n), n)
+                if n + 1 < n_tokens and not all_done(n):
                     fed = token.repeat(rows // batch)[:, None]
                     pos = prefix_len + n
                     logits = model.forward_step(model.embed_tokens(fed), positions[pos : pos + 1])[:, -1]
+                elif n + 1 < n_tokens:
+                    break
         else:
             h = prefix
             for n in range(n_tokens):
-                token = pick(model.forward_embeddings(h)[:, -1], n)
-                out[:, n] = token
-                if n + 1 < n_tokens:
+                token = emit(pick(model.forward_embeddings(h)[:, -1], n), n)
+                if n + 1 < n_tokens and not all_done(n):
                     h = torch.cat([h, model.embed_tokens(token.repeat(rows // batch)[:, None])], dim=1)
+                elif n + 1 < n_tokens:
+                    break
     finally:
         if use_cache:
             model.reset_cache()
         model.train(was_training)
-    return out
+    if not return_lengths:
+        return out
+    lengths = (out >= 0).sum(dim=1) if eow is not None else torch.full((batch,), n_tokens, device=device)
+    return out, lengths

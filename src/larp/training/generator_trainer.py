@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from larp.data.video_io import make_grid, write_video
-from larp.models.generator import LARPGenerator, check_matches_tokenizer
+from larp.models.generator import IGNORE, LARPGenerator, check_matches_tokenizer
 from larp.models.tokenizer import LARPTokenizer
 from larp.precision import autocast, needs_grad_scaler, resolve_precision
 from larp.training import distributed as dist
@@ -158,8 +158,14 @@ def batch_tokens(
     frame_prediction = model.frame_prediction
     if "tokens" in batch:
         tokens, cond = batch["tokens"], batch.get("cond")
-        _check_range("token rows", tokens, model.vocab_size, "were the tokens made by another tokenizer?")
+        lengths = check_window_padding(tokens, batch.get("length"), model.end_of_window)
+        valid = tokens if lengths is None else tokens.clamp(min=0)
+        _check_range("token rows", valid, model.vocab_size, "were the tokens made by another tokenizer?")
         if frame_prediction:
+            if bool((cond < 0).any()):
+                raise ValueError("the condition rows have windows of fewer than max_seq_len ids (-1 padding): the "
+                                 "condition clip of frame prediction is encoded with all its tokens; only the "
+                                 "predicted window may vary in length")
             _check_range("condition rows", cond, model.vocab_size, "were the tokens made by another tokenizer?")
         tokens = tokens.to(device, non_blocking=True)
     else:
@@ -175,6 +181,52 @@ def batch_tokens(
     return tokens, labels.to(device, non_blocking=True)
 
 
+def check_window_padding(tokens: torch.Tensor, lengths: torch.Tensor | None, end_of_window: bool) -> torch.Tensor | None:
+    """Check the -1 padding of token rows (b, N) on the CPU: each row is its window's ids, then -1 to the
+    end (at least one id). Returns the lengths (b,), or None when every row is full (no -1).
+
+    Raises:
+        ValueError: variable-length rows for a generator without ``end_of_window``, a -1 before an id, a row
+            of no id, or a ``length`` column that disagrees with the padding.
+    """
+    padded = tokens < 0
+    if not bool(padded.any()):
+        found = None
+    else:
+        if not end_of_window:
+            raise ValueError("the token rows hold windows of fewer than max_seq_len ids (padded with -1: an adaptive "
+                             "token dataset); a generator models them with an end-of-window token: set "
+                             "model.end_of_window: true")
+        found = (~padded).sum(dim=1)
+        positions = torch.arange(tokens.shape[1])
+        if bool((tokens < -1).any()) or not torch.equal(padded, positions[None] >= found[:, None]):
+            raise ValueError("token rows must be a window's ids followed by -1 up to max_seq_len (no -1 before an "
+                             "id, no other negative value)")
+        if bool((found == 0).any()):
+            raise ValueError("a token row has no id (window length 0); every window keeps at least one id")
+    if lengths is not None:
+        expected = torch.full((tokens.shape[0],), tokens.shape[1]) if found is None else found
+        if not torch.equal(torch.as_tensor(lengths).long().cpu(), expected):
+            raise ValueError("the windows' length column disagrees with their -1 padding (a damaged token dataset?)")
+    return found
+
+
+def decode_padded(tokenizer: LARPTokenizer, ids: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+    """Decode token rows (b, N) padded with -1 past each window's length, each from its own length (a prefix
+    of a nested-dropout tokenizer's tokens, the rest masked) -> clamped videos (b, c, t, h, w), in one
+    decoder pass. Full rows (no -1): ``tokenizer.decode`` as before."""
+    padded = ids < 0
+    if not bool(padded.any()):
+        return tokenizer.decode(ids, num_frames=num_frames, clamp=True)
+    if not tokenizer.config.nested_dropout:
+        raise ValueError("these token rows have windows of fewer than all their ids (-1 padding), which only a "
+                         "tokenizer built with nested_dropout decodes")
+    num_frames = tokenizer.check_num_frames(tokenizer.config.frame_num if num_frames is None else num_frames)
+    lengths = (~padded).sum(dim=1).to(tokenizer.device)
+    latents = tokenizer.ids_to_latents(ids.clamp(min=0).to(tokenizer.device))
+    return tokenizer.decode_latents(latents, num_frames, keep=lengths).clamp(0, 1)
+
+
 def _check_range(name: str, values: torch.Tensor, high: int, hint: str) -> None:
     lo, hi = int(values.min()), int(values.max())
     if lo < 0 or hi >= high:
@@ -182,12 +234,15 @@ def _check_range(name: str, values: torch.Tensor, high: int, hint: str) -> None:
 
 
 def token_metrics(logits: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean cross-entropy and top-1/top-5 accuracy of logits (b, N, V) against tokens (b, N)."""
+    """Mean cross-entropy and top-1/top-5 accuracy of logits (b, N, V) against targets (b, N); targets
+    ``IGNORE`` (past a window's end-of-window token) count in none of them."""
     logits = logits.float()
-    loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+    loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten(), ignore_index=IGNORE)
     top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
     hits = top5 == tokens[..., None]
-    return {"loss": loss, "top1": hits[..., 0].float().mean(), "top5": hits.any(-1).float().mean()}
+    valid = tokens != IGNORE
+    count = valid.sum().clamp_min(1)
+    return {"loss": loss, "top1": (hits[..., 0] & valid).sum() / count, "top5": (hits.any(-1) & valid).sum() / count}
 
 
 # ------------------------------------------------------------------------------------------ the task
@@ -249,7 +304,7 @@ class GeneratorTask:
             with sync:
                 with autocast(recipe.precision, device):
                     logits = self.model(tokens, cond, check_values=False)  # checked in batch_tokens, no sync
-                terms = token_metrics(logits, tokens)
+                terms = token_metrics(logits, self.core.targets(tokens))
                 self.scaler.scale(terms["loss"] / accumulation).backward()
             for name, value in terms.items():
                 metrics[name] = metrics.get(name, 0) + value.detach() / accumulation
@@ -268,14 +323,18 @@ class GeneratorTask:
         was_training = model.training
         model.eval()
         sums, count = {"loss": 0.0, "top1": 0.0, "top5": 0.0}, 0
+        eow = recipe.model.end_of_window
         for first in range(0, val["tokens"].shape[0], recipe.batch_size):
             tokens = val["tokens"][first : first + recipe.batch_size].to(device)
             cond = (val["cond"] if recipe.model.frame_prediction else val["label"])[first : first + recipe.batch_size].to(device)
+            targets = model.targets(tokens)
             with autocast(recipe.precision, device):
-                terms = token_metrics(model(tokens, cond), tokens)
+                terms = token_metrics(model(tokens, cond), targets)
+            # variable-length windows: weighted by their targets (ids + EOW); fixed ones by row, as before
+            weight = int((targets != IGNORE).sum()) if eow else tokens.shape[0]
             for name in sums:
-                sums[name] = sums[name] + terms[name] * tokens.shape[0]
-            count += tokens.shape[0]
+                sums[name] = sums[name] + terms[name] * weight
+            count += weight
         model.train(was_training)
         return {f"val_{name}": float(value) / count for name, value in sums.items()}
 
@@ -298,7 +357,7 @@ class GeneratorTask:
                 cond = torch.arange(classes, device=device).repeat_interleave(s.per_class)
                 cfg = s.cfg_scale if recipe.model.has_null_class else 1.0
                 ids, per_row = model.generate(cond, cfg_scale=cfg, **options), s.per_class
-            videos = self.tokenizer.decode(ids, clamp=True).float().cpu()
+            videos = decode_padded(self.tokenizer, ids).float().cpu()
         model.train(was_training)
         folder = self.run_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
@@ -310,8 +369,10 @@ class GeneratorTask:
         return path
 
     def export(self) -> None:
-        """The final generator in the official layout (``save_pretrained(official_format=True)``)."""
-        self.core.save_pretrained(self.export_dir, official_format=True)
+        """The final generator in the official layout (``save_pretrained(official_format=True)``; larp's own
+        layout for an ``end_of_window`` generator, which the official code cannot express)."""
+        # a generator with an end-of-window token has no official format: larp's own layout then
+        self.core.save_pretrained(self.export_dir, official_format=not self.core.config.end_of_window)
         logger.info("exported the generator to %s", self.export_dir)
 
 

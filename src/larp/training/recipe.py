@@ -126,6 +126,22 @@ class CodebookConfig:
 
 
 @dataclass(frozen=True)
+class NestedDropoutConfig:
+    """Which prefix a nested-dropout sample keeps (its share is ``nested_dropout_prob``), and validation at
+    fixed prefixes. The defaults are the behaviour of larp 0.2: a length uniform in [1, N]."""
+
+    # uniform: every length in [min_length, N] alike (larp 0.2). truncated_normal: AdapTok's choice, a normal
+    # of mean `mean * N` and deviation `std * N` truncated to [min_length, N], rounded to a length.
+    distribution: Literal["uniform", "truncated_normal"] = "uniform"
+    mean: float = 0.5  # truncated_normal: fraction of N
+    std: float = 0.25  # truncated_normal: fraction of N
+    min_length: int = 1  # no sample keeps fewer tokens
+    # Validation PSNR of the first k tokens, logged as val_psnr@k (nested-dropout models). Empty: N/8, N/4,
+    # N/2 and N (the distinct ones of at least 1).
+    val_lengths: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenizerTrainConfig:
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
     prior_model: PriorConfig = field(default_factory=PriorConfig)
@@ -138,6 +154,7 @@ class TokenizerTrainConfig:
     steps: int = 1000
     batch_size: int = 16  # per process and micro-batch
     nested_dropout_prob: float = 0.0  # share of samples decoded from a random prefix (needs model.nested_dropout)
+    nested_dropout: NestedDropoutConfig = field(default_factory=NestedDropoutConfig)  # the prefix lengths
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     compile: bool = False
     seed: int = 0
@@ -157,6 +174,20 @@ class TokenizerTrainConfig:
         }, fractions=("nested_dropout_prob", "prior.ss_max_ratio", "prior.ss_peak_fraction"))
         if self.nested_dropout_prob > 0 and not self.model.nested_dropout:
             raise ValueError("nested_dropout_prob > 0 needs model.nested_dropout: true")
+        n, nd = self.model.num_tokens, self.nested_dropout
+        if not 1 <= nd.min_length <= n:
+            raise ValueError(f"nested_dropout.min_length must be in [1, {n}] (model.num_tokens), got {nd.min_length}")
+        if not nd.std > 0:
+            raise ValueError(f"nested_dropout.std must be > 0 (a fraction of model.num_tokens), got {nd.std}")
+        if not 0 <= nd.mean <= 1:
+            raise ValueError(f"nested_dropout.mean must be between 0 and 1 (a fraction of model.num_tokens), "
+                             f"got {nd.mean}")
+        bad = [k for k in nd.val_lengths if not 1 <= k <= n]
+        if bad:
+            raise ValueError(f"nested_dropout.val_lengths must be in [1, {n}] (model.num_tokens), got {bad}")
+        if nd.val_lengths and not self.model.nested_dropout:
+            raise ValueError("nested_dropout.val_lengths needs model.nested_dropout: true (only such a model decodes "
+                             "a prefix of its tokens)")
         if self.prior.enabled and self.prior_model.max_seq_len < self.model.num_tokens - 1:
             raise ValueError(
                 f"prior_model.max_seq_len {self.prior_model.max_seq_len} < model.num_tokens - 1 ({self.model.num_tokens - 1})"

@@ -2,7 +2,9 @@
 cache (``tokens.cache``), both in the one token-dataset format (:mod:`larp.data.token_dataset`).
 
 **A token dataset** is what ``larp tokenize --manifest`` writes: one Parquet row per video, each full window a
-training sample (:class:`~larp.data.token_dataset.TokenWindows`), the label from the row. Validation is
+training sample (:class:`~larp.data.token_dataset.TokenWindows`), the label from the row. An adaptive dataset
+(``larp tokenize --target-psnr ...``) serves every window, its ids padded with -1 past its length, which a
+generator with ``model.end_of_window`` models (an end-of-window token after each window's ids). Validation is
 ``tokens.val_dataset`` when given, else ``tokens.val_windows`` windows spread evenly over the dataset (every
 ``total / val_windows``-th in its row order, so that a manifest sorted by class gives every class), which are
 then left out of training. The dataset's tokenizer fingerprint must be the recipe
@@ -355,7 +357,7 @@ def open_token_dataset(
         )
     windows = TokenWindows(folder)
     if len(windows) == 0:
-        raise ValueError(f"{where} holds no full window")
+        raise ValueError(f"{where} holds no window to train on (a fixed-length dataset serves its full windows only)")
     if frame_prediction:
         if "cond" not in windows[0]:
             raise ValueError(

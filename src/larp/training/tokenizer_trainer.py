@@ -28,7 +28,7 @@ from larp.training import distributed as dist
 from larp.training.data import TrainStream, build_datasets
 from larp.training.loop import EMA, Cadence, Metrics, Stateful, Trainer, micro_batches, optimizer_step
 from larp.training.optim import lr_multiplier, reset_optimizer_rows, set_lr
-from larp.training.recipe import TokenizerTrainConfig
+from larp.training.recipe import NestedDropoutConfig, TokenizerTrainConfig
 from larp.training.run_dir import prepare_run_dir
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,40 @@ def prior_weight(recipe: TokenizerTrainConfig, step: int) -> float:
     if p.weight_ramp <= 0:
         return recipe.loss.prior_weight
     return recipe.loss.prior_weight * min((step - p.weight_delay) / p.weight_ramp, 1.0)
+
+
+def draw_keep_tokens(
+    batch: int, num_tokens: int, prob: float, lengths: NestedDropoutConfig, device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """The prefix length (b,) each sample of a batch keeps under nested dropout, or None when ``prob`` is 0.
+
+    With probability ``prob`` a sample keeps a length drawn from ``lengths`` (uniform in [min_length, N], or
+    a normal of mean ``mean * N`` and deviation ``std * N`` truncated to [min_length - 0.5, N + 0.5] and
+    rounded), else all N. The uniform default draws exactly as larp 0.2 did (same calls, same numbers).
+    """
+    if prob <= 0:
+        return None
+    n, low = num_tokens, lengths.min_length
+    if lengths.distribution == "uniform":
+        keep = torch.randint(low, n + 1, (batch,), device=device, generator=generator)
+    else:
+        draw = torch.empty(batch, device=device)
+        torch.nn.init.trunc_normal_(draw, mean=lengths.mean * n, std=lengths.std * n, a=low - 0.5, b=n + 0.5,
+                                    generator=generator)
+        keep = draw.round().long().clamp_(low, n)
+    dropped = torch.rand(batch, device=device, generator=generator) < prob
+    return torch.where(dropped, keep, torch.full_like(keep, n))
+
+
+def validation_lengths(recipe: TokenizerTrainConfig) -> list[int]:
+    """The prefix lengths whose PSNR validation logs (``val_psnr@k``): none without nested dropout;
+    ``nested_dropout.val_lengths``, or N/8, N/4, N/2 and N."""
+    if not recipe.model.nested_dropout:
+        return []
+    n = recipe.model.num_tokens
+    chosen = recipe.nested_dropout.val_lengths or (n // 8, n // 4, n // 2, n)
+    return sorted({k for k in chosen if k >= 1})
 
 
 def optimizer_groups(tokenizer: LARPTokenizer, prior: LatentPrior | None, recipe: TokenizerTrainConfig) -> list[dict]:
@@ -249,13 +283,9 @@ class TokenizerTask:
         return metrics
 
     def _keep_tokens(self, batch: int) -> torch.Tensor | None:
-        """Nested dropout: each sample keeps a uniformly drawn prefix of its tokens with probability p."""
-        if self.recipe.nested_dropout_prob <= 0:
-            return None
-        n, device = self.recipe.model.num_tokens, self.info.device
-        keep = torch.randint(1, n + 1, (batch,), device=device)
-        dropped = torch.rand(batch, device=device) < self.recipe.nested_dropout_prob
-        return torch.where(dropped, keep, torch.full_like(keep, n))
+        """Nested dropout: each sample keeps a prefix drawn from ``nested_dropout`` with probability p."""
+        return draw_keep_tokens(batch, self.recipe.model.num_tokens, self.recipe.nested_dropout_prob,
+                                self.recipe.nested_dropout, self.info.device)
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """One discriminator update on real clips and detached reconstructions (b, c, t, h, w)."""
@@ -334,13 +364,16 @@ class TokenizerTask:
     # -------------------------------------------------------------------- validation, samples, export
     @torch.no_grad()
     def evaluate(self, step: int, *, limit: int | None = None) -> dict[str, float]:
-        """Validation with deterministic tokens: PSNR, codebook usage and perplexity, prior accuracy."""
+        """Validation with deterministic tokens: PSNR, codebook usage and perplexity, prior accuracy; for a
+        nested-dropout model also the PSNR of the first k tokens, ``val_psnr@k`` (:func:`validation_lengths`)."""
         recipe, device, core = self.recipe, self.info.device, self.core
         tokenizer = core.tokenizer
         was_training = core.training
         core.eval()
         loader = torch.utils.data.DataLoader(self.val, batch_size=recipe.batch_size, num_workers=0, collate_fn=_collate_val)
         psnrs, top1, top5, seen = [], [], [], 0
+        lengths = validation_lengths(recipe)
+        at_length: dict[int, list[torch.Tensor]] = {k: [] for k in lengths}
         counts = torch.zeros(recipe.model.quantizer.codebook_size, device=device)
         for batch in loader:
             if batch is None:
@@ -350,6 +383,15 @@ class TokenizerTask:
                 quantized = tokenizer.quantize(tokenizer.encode_features(video), stochastic=False)
                 recon = tokenizer.decode_latents(tokenizer.bottleneck.codes_to_latents(quantized.codes), video.shape[2])
             psnrs.append(psnr(video, recon.float().clamp(0, 1)))
+            n = recipe.model.num_tokens
+            latents = tokenizer.bottleneck.codes_to_latents(quantized.codes) if lengths else None
+            for k in lengths:
+                if k == n:
+                    at_length[k].append(psnrs[-1])
+                    continue
+                with autocast(recipe.precision, device):
+                    recon_k = tokenizer.decode_latents(latents[:, :k], video.shape[2])
+                at_length[k].append(psnr(video, recon_k.float().clamp(0, 1)))
             counts += torch.bincount(quantized.indices.flatten(), minlength=counts.numel()).float()
             if core.prior is not None:
                 p = prior_loss(core.prior, quantized.codes, quantized.indices,
@@ -362,6 +404,7 @@ class TokenizerTask:
         core.train(was_training)
         usage, perplexity = code_statistics(counts)
         result = {"val_psnr": torch.cat(psnrs).mean().item(), "val_usage": usage.item(), "val_perplexity": perplexity.item()}
+        result.update({f"val_psnr@{k}": torch.cat(values).mean().item() for k, values in at_length.items()})
         if top1:
             result.update(val_prior_top1=torch.stack(top1).mean().item(), val_prior_top5=torch.stack(top5).mean().item())
         quantizing = step > recipe.codebook.continuous_warmup
