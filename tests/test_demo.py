@@ -19,7 +19,8 @@ from larp.files import FolderLock, read_jsonl
 
 mpimg = pytest.importorskip("matplotlib.image")  # the `test` extra installs it: the suite checks the plots
 
-PLOT_NAMES = ("tokenizer_psnr", "tokenizer_codes", "generator_loss", "psnr_vs_tokens", "accuracy_vs_tokens")
+PLOT_NAMES = ("tokenizer_psnr", "tokenizer_codes", "generator_loss", "psnr_vs_tokens", "accuracy_vs_tokens",
+              "budget_psnr", "budget_fvd", "budget_class_accuracy")
 
 
 def _image(path) -> np.ndarray:
@@ -83,7 +84,7 @@ def test_demo_quick_end_to_end(quick_demo):
         assert data[:6] in (b"GIF89a", b"GIF87a") or data[:8] == b"\x89PNG\r\n\x1a\n", src
     assert len(metrics["media"]["samples"]) == 4
 
-    # the five plots: 640x400 PNGs, shown in the report, each with drawn content, no two alike
+    # the plots: 640x400 PNGs, shown in the report, each with drawn content, no two alike
     assert tuple(metrics["plots"]) == PLOT_NAMES
     images = {}
     for name, src in metrics["plots"].items():
@@ -110,7 +111,23 @@ def test_demo_quick_end_to_end(quick_demo):
     assert metrics["bars"]["reconstructions"]["value"] == ev["reconstruction"]["class_accuracy"]
     assert metrics["bars"]["samples"]["value"] == ev["generation"]["class_accuracy"]
     assert metrics["bars"]["samples"]["applies"] is False and metrics["bars"]["samples"]["bar"] == 0.8
-    assert set(metrics["timings"]) == {"detector", "tokenizer", "generator", "predictor", "evaluate", "media"}
+    assert set(metrics["timings"]) == {"detector", "tokenizer", "generator", "predictor", "evaluate", "budget", "media"}
+
+    # the budget stage: fixed vs adaptive at the plan's budgets. Its fixed curve is the evaluate stage's (one code
+    # path); every clip at K tokens is one allocation of K per clip, so the optimal one is never below it
+    budget = metrics["budget"]
+    rows = {(r["policy"], r["budget"]): r for r in budget["curves"]}
+    assert sorted(rows) == sorted((p, k) for p in ("fixed", "adaptive") for k in plan.token_budgets)
+    for fixed_row in ev["token_budgets"]:
+        k = fixed_row["tokens"]
+        fixed, adaptive = rows["fixed", k], rows["adaptive", k]
+        assert fixed["psnr"] == pytest.approx(fixed_row["psnr"], abs=1e-6), k
+        assert fixed["class_accuracy"] == fixed_row["class_accuracy"], k
+        assert adaptive["mean_tokens"] <= k and adaptive["psnr"] >= fixed["psnr"] - 1e-4, k
+        assert "ssim" not in fixed and fixed["fvd"] >= 0
+    assert [round(t["target_psnr"], 6) for t in budget["targets"]] == [
+        round(budget["fixed_psnr_at_candidates"][budget["candidates"].index(k)], 6) for k in plan.budget_targets_at]
+    assert "Adaptive token budgets" in html
     assert metrics["total_seconds"] == pytest.approx(sum(metrics["timings"].values()), abs=0.1)
     assert metrics["machine"]["larp"] == larp.__version__
 
@@ -151,7 +168,7 @@ def test_one_demo_per_folder_then_reuse(quick_demo, capsys):
     # released: a second run reuses every stage but the report, which is redrawn from the recorded results
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("reused") == 6 and "[7/7] report ..." in printed
+    assert printed.count("reused") == 7 and "[8/8] report ..." in printed
     assert len(read_jsonl(out / "runs" / "tokenizer" / "metrics.jsonl")) == log_lines
     # a different plan in the same folder is refused
     assert main(["demo", "--out", str(out)]) == 1
@@ -171,7 +188,7 @@ def test_report_without_matplotlib_says_how_to_get_the_plots(quick_demo, tmp_pat
     assert written["plots"] == {} and written["evaluation"] == metrics["evaluation"]
     assert paths["report"] == str(tmp_path / "report.html")
     monkeypatch.undo()
-    # with matplotlib back, the same values give the five plots
+    # with matplotlib back, the same values give the plots
     write_report(tmp_path, metrics, curves)
     assert sorted(p.stem for p in (tmp_path / "plots").iterdir()) == sorted(PLOT_NAMES)
 
@@ -188,11 +205,11 @@ def test_demo_resumes_after_a_failed_stage_and_is_deterministic(quick_demo, tmp_
     assert main(["-q", "demo", "--quick", "--out", str(out)]) == 1
     assert "disk full" in capsys.readouterr().err
     state = json.loads((out / "stages.json").read_text())
-    assert list(state["stages"]) == ["detector", "tokenizer", "generator", "predictor", "evaluate"]
+    assert list(state["stages"]) == ["detector", "tokenizer", "generator", "predictor", "evaluate", "budget"]
     monkeypatch.undo()
     assert main(["-q", "demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("reused") == 5 and (out / "report.html").is_file()
+    assert printed.count("reused") == 6 and (out / "report.html").is_file()
     # the quick plan is seeded: another folder, another process state, the same numbers
     first = json.loads((quick_demo[0] / "metrics.json").read_text())
     second = json.loads((out / "metrics.json").read_text())

@@ -7,8 +7,11 @@ Stages, each a function of the demo's :class:`Context` that writes into the demo
 3. ``generator`` trains a class-conditional AR generator on its tokens;
 4. ``predictor`` trains a frame-prediction AR generator (continues the first 5 frames of a clip);
 5. ``evaluate``  scores reconstructions, token budgets, samples and predictions on held-out clips;
-6. ``media``     writes GIFs: real clips, reconstructions, samples per class, predictions;
-7. ``report``    draws the plots (with matplotlib, when installed) and writes ``report.html`` and ``metrics.json``.
+6. ``budget``    fixed vs adaptive token budgets on the held-out clips: at each mean number of tokens per clip,
+                 PSNR, the detector's Fréchet distance and class accuracy of every clip at that length against
+                 the PSNR-optimal allocation of the same total (:mod:`larp.evaluation.budget`);
+7. ``media``     writes GIFs: real clips, reconstructions, samples per class, predictions;
+8. ``report``    draws the plots (with matplotlib, when installed) and writes ``report.html`` and ``metrics.json``.
 
 A finished stage is recorded in ``stages.json`` with its duration and is skipped by the next run (a killed
 training stage resumes from its last checkpoint), except the report, which is redrawn from the recorded
@@ -41,8 +44,8 @@ from larp.data.video_io import condition_clip, make_grid, write_video
 from larp.demo.plot import PLOTS_NEED_MATPLOTLIB
 from larp.demo.recipes import DemoPlan, demo_plan
 from larp.demo.report import quality_bars, write_report
+from larp.evaluation.budget import encode_ids, rate_quality, score_lengths
 from larp.evaluation.detectors import ClassifierDetector
-from larp.evaluation.image_metrics import psnr, ssim
 from larp.evaluation.protocols import resolve_protocol
 from larp.evaluation.runner import ClipSource, Models, evaluate, summary_line, synthetic_detector
 from larp.evaluation.video_classifier import VideoClassifier
@@ -58,7 +61,7 @@ __all__ = ["STAGES", "BARS", "run_demo"]
 
 logger = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("detector", "tokenizer", "generator", "predictor", "evaluate", "media", "report")
+STAGES: tuple[str, ...] = ("detector", "tokenizer", "generator", "predictor", "evaluate", "budget", "media", "report")
 #: The demo's quality bars (default plan): the detector's class accuracy on reconstructions and on samples.
 BARS: dict[str, float] = {"reconstruction": 0.9, "samples": 0.8}
 # Folders the demo owns inside OUT; --fresh removes these and nothing else.
@@ -158,25 +161,20 @@ def stage_predictor(ctx: Context) -> dict[str, Any]:
 
 def token_budget_curve(tokenizer: LARPTokenizer, detector: ClassifierDetector, videos: torch.Tensor,
                        labels: torch.Tensor, budgets: tuple[int, ...], batch_size: int = 64) -> list[dict[str, float]]:
-    """PSNR, SSIM and the detector's class accuracy when decoding only the first k tokens of each clip.
+    """PSNR, SSIM and the detector's class accuracy when decoding only the first k tokens of each clip (the fixed
+    curve of :func:`larp.evaluation.budget.score_lengths`).
 
     Args:
         videos: (n, 3, t, h, w) in [0, 1]; labels: (n,).
         budgets: token counts k (a nested-dropout tokenizer decodes any prefix).
     """
+    ids = encode_ids(tokenizer, videos, batch_size)
     rows = []
     for k in budgets:
-        sums = {"psnr": 0.0, "ssim": 0.0, "correct": 0.0}
-        for start in range(0, len(videos), batch_size):
-            real = videos[start : start + batch_size].to(tokenizer.device)
-            with torch.no_grad():
-                ids = tokenizer.encode(real, num_tokens=k)
-                fake = tokenizer.decode(ids, num_frames=real.shape[2], clamp=True)
-                sums["psnr"] += psnr(real, fake).sum().item()
-                sums["ssim"] += ssim(real, fake).sum().item()
-                sums["correct"] += (detector.predict(fake) == labels[start : start + batch_size]).sum().item()
-        n = len(videos)
-        rows.append({"tokens": k, "psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n, "class_accuracy": sums["correct"] / n})
+        scores = score_lengths(tokenizer, videos, ids, torch.full((len(videos),), k), labels=labels, detector=detector,
+                               batch_size=batch_size)
+        rows.append({"tokens": k, "psnr": scores["psnr"], "ssim": scores["ssim"],
+                     "class_accuracy": scores["class_accuracy"]})
     return rows
 
 
@@ -203,6 +201,16 @@ def stage_evaluate(ctx: Context) -> dict[str, Any]:
     videos, labels = held_out(ctx, plan.eval_clips)
     results["token_budgets"] = token_budget_curve(tokenizer, detector, videos, labels, plan.token_budgets)
     return results
+
+
+def stage_budget(ctx: Context) -> dict[str, Any]:
+    """Fixed vs adaptive budgets at the plan's token budgets (SSIM left out: the slowest metric on a CPU), and
+    per-clip PSNR targets set at the fixed curve's mean PSNR of a few budgets."""
+    plan = ctx.plan
+    videos, labels = held_out(ctx, plan.eval_clips)
+    result = rate_quality(ctx.tokenizer(), videos, budgets=plan.token_budgets, labels=labels, detector=ctx.detector(),
+                          targets_at=plan.budget_targets_at, score_ssim=False, batch_size=128)
+    return result
 
 
 def _gif(path: Path, videos: torch.Tensor, nrow: int) -> str:
@@ -263,6 +271,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         "plan": ctx.plan.name,
         "bars": quality_bars(evaluation, BARS, applies=ctx.plan.name != "quick"),
         "evaluation": evaluation,
+        "budget": ctx.results["budget"],
         "detector": ctx.results["detector"],
         "training": {"tokenizer": ctx.results["tokenizer"], "generator": ctx.results["generator"],
                      "frame-predictor": ctx.results["predictor"]},
@@ -286,6 +295,7 @@ _STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "generator": stage_generator,
     "predictor": stage_predictor,
     "evaluate": stage_evaluate,
+    "budget": stage_budget,
     "media": stage_media,
     "report": stage_report,
 }
@@ -374,6 +384,12 @@ def summary(metrics: dict[str, Any], elapsed: float) -> str:
     lines.append(f"  reconstruction PSNR {r['reconstruction']['psnr']:.2f} dB, SSIM {r['reconstruction']['ssim']:.3f}; "
                  f"FVD (synthetic detector) reconstruction {r['reconstruction']['fvd']:.3f}, samples {r['generation']['fvd']:.3f}, "
                  f"predictions {r['prediction']['fvd']:.3f}")
+    budget = {(row["policy"], row["budget"]): row for row in metrics.get("budget", {}).get("curves", [])}
+    shown = [k for (policy, k) in budget if policy == "fixed" and k < metrics["tokens_per_clip"]]
+    if shown:
+        k = shown[len(shown) // 2]
+        lines.append(f"  {k} tokens per clip: PSNR {budget['fixed', k]['psnr']:.2f} dB with every clip at {k}, "
+                     f"{budget['adaptive', k]['psnr']:.2f} dB adaptive at the same mean (all budgets: in the report)")
     if not metrics["plots"]:
         lines.append(f"  {PLOTS_NEED_MATPLOTLIB}")
     lines.append(f"  report: {metrics['report']}")

@@ -44,6 +44,8 @@ class DemoPlan:
     cfg_scale: float  # classifier-free guidance of the class-conditional samples
     gif_clips: int  # clips per class (and predictions) shown in the report
     seed: int = 0
+    # the budget stage: PSNR targets set at the fixed curve's mean PSNR at these token counts (candidates)
+    budget_targets_at: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -115,4 +117,5 @@ def demo_plan(root: str | Path, *, quick: bool = False) -> DemoPlan:
         token_budgets=(4, 8, 16, 32) if quick else (2, 4, 8, 12, 16, 24, 32),
         cfg_scale=1.25,
         gif_clips=2 if quick else 4,
+        budget_targets_at=(8, 16) if quick else (4, 8, 16),
     )

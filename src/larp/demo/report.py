@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from larp.demo.plot import PLOTS_NEED_MATPLOTLIB, Series, line_plot, matplotlib_available
+from larp.evaluation.budget import plot_rate_quality
 from larp.files import write_json_atomic, write_text_atomic
 
 __all__ = ["quality_bars", "write_report"]
@@ -52,12 +53,14 @@ def _prior_weight(rows: Rows) -> tuple[list[float], list[float]]:
     return steps, [w / top for w in weights]
 
 
-def write_plots(folder: Path, curves: Mapping[str, Rows], evaluation: dict[str, Any]) -> dict[str, str]:
+def write_plots(folder: Path, curves: Mapping[str, Rows], evaluation: dict[str, Any],
+                budget: dict[str, Any] | None = None) -> dict[str, str]:
     """Draw the training curves and the token-budget curves as PNGs in ``folder``.
 
     Args:
         curves: the metrics.jsonl records of the ``tokenizer``, ``generator`` and ``frame-predictor`` runs.
         evaluation: the evaluate stage's results (``token_budgets`` rows, the reconstruction's chance accuracy).
+        budget: the budget stage's results (fixed vs adaptive curves): ``budget_<metric>`` plots; None: none.
 
     Returns:
         {plot name: path relative to the demo folder}.
@@ -96,6 +99,9 @@ def write_plots(folder: Path, curves: Mapping[str, Rows], evaluation: dict[str, 
     for name, (series, labels) in plots.items():
         line_plot(folder / f"{name}.png", series, **labels)
         paths[name] = f"{folder.name}/{name}.png"
+    if budget is not None:
+        for metric, path in plot_rate_quality(folder, budget, prefix="budget").items():
+            paths[f"budget_{metric}"] = f"{folder.name}/{Path(path).name}"
     return paths
 
 
@@ -174,6 +180,10 @@ def _html(metrics: dict[str, Any]) -> str:
               _table(["tokens kept", "PSNR (dB)", "SSIM", "class accuracy"],
                      [[row["tokens"], row["psnr"], row["ssim"], row["class_accuracy"]] for row in ev["token_budgets"]])]
 
+    budget = metrics.get("budget")
+    if budget is not None:
+        parts += _budget_html(budget, {k: v for k, v in metrics["plots"].items() if k.startswith("budget_")})
+
     parts += ["<h2>Videos</h2>", "<p>Held-out clips, one row per class (right, left, down, up), and their reconstructions "
               f"from {metrics['tokens_per_clip']} tokens.</p><div class='grid'>",
               _figure(media["real"], "real clips"),
@@ -190,7 +200,8 @@ def _html(metrics: dict[str, Any]) -> str:
     if metrics["plots"]:
         parts.append("<div class='grid'>")
         for name, path in metrics["plots"].items():
-            parts.append(_figure(path, name.replace("_", " "), "plot"))
+            if not name.startswith("budget_"):  # those are shown with the budget tables
+                parts.append(_figure(path, name.replace("_", " "), "plot"))
         parts.append("</div>")
     else:
         parts.append(f"<p class='note'>No plots: {_e(PLOTS_NEED_MATPLOTLIB)}, then run the demo again "
@@ -208,6 +219,36 @@ def _html(metrics: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _budget_html(budget: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    """The budget stage: fixed vs adaptive lengths at equal mean tokens, and the per-clip PSNR targets."""
+    parts = ["<h3>Adaptive token budgets</h3>",
+             f"<p>{budget['clips']} held-out clips. <b>Fixed</b>: every clip keeps its first K tokens. <b>Adaptive</b>: "
+             "the clips share K tokens per clip on average (never more), each clip's length chosen among "
+             f"{budget['candidates']} to maximise the summed PSNR over the measured rate-quality curves. The Fréchet "
+             "distance and class accuracy are the synthetic-data detector's.</p>"]
+    columns = [c for c in ("psnr", "ssim", "lpips", "fvd", "class_accuracy") if any(c in r for r in budget["curves"])]
+    names = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "fvd": "Fréchet distance", "class_accuracy": "class accuracy"}
+    parts.append(_table(["policy", "K", "mean tokens", *(names[c] for c in columns)],
+                        [[r["policy"], r["budget"], r["mean_tokens"], *(r.get(c, "") for c in columns)]
+                         for r in budget["curves"]]))
+    if budget["targets"]:
+        def named(value):
+            return value if value is not None else "none"
+
+        rows = [[r["target_psnr"], named(r["smallest_fixed_reaching"]), named(r.get("smallest_adaptive_budget_reaching")),
+                 r["adaptive_mean_tokens"], r["adaptive_share_meeting"]] for r in budget["targets"]]
+        parts += ["<p>PSNR targets. On the mean: the smallest fixed length whose mean PSNR reaches the target, against "
+                  "the smallest budget K above whose adaptive allocation reaches it. On every clip: each clip takes the "
+                  "fewest tokens whose PSNR meets the target, all of them when none does (the clips that never reach "
+                  "it spend the maximum).</p>",
+                  _table(["target PSNR (dB)", "fixed length (mean)", "adaptive K (mean)",
+                          "per-clip target: mean tokens", "per-clip target: clips meeting it"], rows)]
+    if plots:
+        parts.append("<div class='grid'>" + "".join(_figure(p, n.replace("_", " "), "plot") for n, p in plots.items())
+                     + "</div>")
+    return parts
+
+
 def write_report(out: Path, metrics: dict[str, Any], curves: Mapping[str, Rows]) -> dict[str, str]:
     """Write ``out/plots/``, ``out/metrics.json`` and ``out/report.html``.
 
@@ -221,7 +262,7 @@ def write_report(out: Path, metrics: dict[str, Any], curves: Mapping[str, Rows])
         {"report": path of report.html, "metrics": path of metrics.json}.
     """
     if matplotlib_available():
-        plots = write_plots(out / "plots", curves, metrics["evaluation"])
+        plots = write_plots(out / "plots", curves, metrics["evaluation"], metrics.get("budget"))
     else:
         logger.warning("no plots in the report: %s", PLOTS_NEED_MATPLOTLIB)
         plots = {}

@@ -1,0 +1,152 @@
+"""The rate-quality evaluation (larp.evaluation.budget, `larp evaluate-budget`): fixed vs adaptive budgets,
+the target comparison and the predictor's loss against the exact search."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from larp.budget import allocate_mean_tokens, measure_quality
+from larp.cli.main import main
+from larp.evaluation.budget import predictor_quality, rate_quality, score_lengths
+from larp.evaluation.detectors import ClassifierDetector
+from larp.evaluation.fvd import frechet_distance
+from larp.evaluation.video_classifier import VideoClassifier
+from larp.models.tokenizer import TOKENIZER_PRESETS, LARPTokenizer
+
+
+def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def nested():
+    """larp-tiny with nested dropout and perturbed random weights: every prefix decodes to something else."""
+    torch.manual_seed(3)
+    return _perturbed(LARPTokenizer(dataclasses.replace(TOKENIZER_PRESETS["larp-tiny"], nested_dropout=True)), 3)
+
+
+@pytest.fixture(scope="module")
+def clips():
+    from larp.data.synthetic import SyntheticConfig, SyntheticVideos
+
+    data = SyntheticVideos(SyntheticConfig(num_videos=10, seed=1, frames=16, size=32))
+    return torch.stack([data[i]["video"] for i in range(10)]), torch.tensor([data[i]["label"] for i in range(10)])
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(4)
+    return ClassifierDetector(_perturbed(VideoClassifier.from_preset("synthetic-32"), 4))
+
+
+# ------------------------------------------------------------------------------------------ predictor_quality
+def test_predictor_quality_on_a_hand_made_case():
+    measured = torch.tensor([[10.0, 20.0, 30.0], [10.0, 11.0, 12.0]])
+    predicted = torch.tensor([[10.0, 19.0, 30.0], [10.0, 25.0, 26.0]])
+    q = predictor_quality(measured, predicted, [1, 2, 4], targets=(20.0,), means=(2.5,))
+    assert q["mae"] == pytest.approx((1 + 14 + 14) / 6)
+    assert q["mae_per_candidate"] == pytest.approx([0.0, 7.5, 7.0])
+    (target,) = q["targets"]
+    # exact: window 0 needs 2 tokens, window 1 never reaches 20 dB (the maximum, 4); predicted: 4 and 2
+    assert target["exact_mean_tokens"] == 3.0 and target["exact_share_meeting"] == 0.5
+    assert target["predicted_mean_tokens"] == 3.0 and target["predicted_share_meeting"] == 0.5
+    assert target["predicted_mean_quality"] == pytest.approx((30 + 11) / 2)
+    (mean,) = q["means"]
+    # 5 tokens for two windows: exact (4, 1) = 40 dB summed; the predicted curves choose (2, 2) = 31 dB measured
+    assert mean["exact_mean_quality"] == pytest.approx(20.0) and mean["exact_used_tokens"] == 2.5
+    assert mean["predicted_mean_quality"] == pytest.approx(15.5) and mean["predicted_used_tokens"] == 2.0
+    assert mean["loss"] == pytest.approx(4.5)
+
+
+# ------------------------------------------------------------------------------------------ rate_quality
+def test_adaptive_is_never_below_fixed_and_scores_match_the_measured_curves(nested, clips, detector):
+    videos, labels = clips
+    result = rate_quality(nested, videos, budgets=(8, 16, 32), labels=labels, detector=detector,
+                          candidates=[8, 16, 24, 32], targets=(12.0,), targets_at=(16,), score_ssim=False)
+    curves = measure_quality(nested, videos, result["candidates"], batch_size=64)
+    rows = {(r["policy"], r["budget"]): r for r in result["curves"]}
+    assert sorted(rows) == [(p, b) for p in ("adaptive", "fixed") for b in (8, 16, 32)]
+    for budget in (8, 16, 32):
+        fixed, adaptive = rows["fixed", budget], rows["adaptive", budget]
+        column = result["candidates"].index(budget)
+        # the fixed row's PSNR, scored by decoding, is the measured curve's mean at that length
+        assert fixed["psnr"] == pytest.approx(curves[:, column].mean().item(), abs=1e-4)
+        assert fixed["mean_tokens"] == budget and adaptive["mean_tokens"] <= budget
+        # every window at K is one allocation of K tokens per window: the optimal one is never worse
+        assert adaptive["psnr"] >= fixed["psnr"] - 1e-4
+        lengths = allocate_mean_tokens(curves, result["candidates"], budget)
+        assert adaptive["mean_tokens"] == pytest.approx(lengths.double().mean().item())
+        for row in (fixed, adaptive):
+            correct = row["class_accuracy"] * len(videos)
+            assert correct == pytest.approx(round(correct))
+    assert rows["adaptive", 16]["psnr"] > rows["fixed", 16]["psnr"]  # these curves differ between windows
+    assert result["fixed_psnr_at_candidates"] == pytest.approx(curves.mean(dim=0).tolist(), abs=1e-9)
+    # the per-window target: every window meets it at its length, or takes the maximum
+    given, at_16 = result["targets"]
+    assert at_16["target_psnr"] == pytest.approx(curves[:, 1].mean().item())
+    assert at_16["smallest_fixed_reaching"] is not None and at_16["smallest_fixed_reaching"] <= 16
+    # on the mean, the adaptive allocation reaches the PSNR of every window at 16 tokens with a budget of at most 16
+    assert at_16["smallest_adaptive_budget_reaching"] == min(
+        b for b in (8, 16, 32) if rows["adaptive", b]["psnr"] >= at_16["target_psnr"])
+    assert at_16["smallest_adaptive_budget_reaching"] <= 16
+    reached = (curves >= 12.0).any(dim=1).double().mean().item()
+    assert given["adaptive_share_meeting"] == pytest.approx(reached)
+
+
+def test_score_lengths_fvd_and_accuracy_are_the_detectors(nested, clips, detector):
+    videos, labels = clips
+    from larp.budget import decode_prefixes
+    from larp.evaluation.budget import encode_ids
+    from larp.evaluation.fvd import FeatureStats
+
+    videos, labels = videos[:8], labels[:8]
+    ids = encode_ids(nested, videos)
+    lengths = torch.tensor([2, 4, 6, 32] * 2)
+    real = FeatureStats.from_features(detector.features(videos))
+    scores = score_lengths(nested, videos, ids, lengths, labels=labels, detector=detector, real_stats=real,
+                           batch_size=5)
+    fake = decode_prefixes(nested, ids, lengths, 16)
+    assert scores["fvd"] == pytest.approx(frechet_distance(detector.features(videos), detector.features(fake)),
+                                          rel=1e-6)
+    assert scores["class_accuracy"] == (detector.predict(fake) == labels).double().mean().item()
+    assert scores["mean_tokens"] == lengths.double().mean().item() and "lpips" not in scores
+
+
+def test_a_tokenizer_without_nested_dropout_is_refused(clips):
+    plain = LARPTokenizer.from_preset("larp-tiny").eval()
+    with pytest.raises(ValueError, match="not trained with nested dropout"):
+        rate_quality(plain, clips[0], budgets=(4,))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absent(nested, detector, tmp_path,
+                                                                                  monkeypatch, capsys):
+    monkeypatch.setenv("LARP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("LARP_OFFLINE", "1")
+    monkeypatch.delenv("LARP_LPIPS_WEIGHTS", raising=False)
+    nested.save_pretrained(tmp_path / "tok")
+    detector.classifier.save_pretrained(tmp_path / "det")
+    out = tmp_path / "eval" / "b.json"
+    assert main(["-q", "evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--num-samples", "6",
+                 "--budgets", "8,32", "--candidate-step", "8", "--targets", "12", "--detector", str(tmp_path / "det"), "--no-ssim",
+                 "--device", "cpu", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["clips"] == 6 and record["lpips"].startswith("no LPIPS column") and "no LPIPS column" in printed
+    assert [(r["policy"], r["budget"]) for r in record["curves"]] == [("fixed", 8), ("adaptive", 8), ("fixed", 32),
+                                                                      ("adaptive", 32)]
+    assert all("lpips" not in r and "ssim" not in r and "fvd" in r for r in record["curves"])
+    assert sorted(record["plots"]) == ["class_accuracy", "fvd", "psnr"]
+    for path in record["plots"].values():
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert f"{record['curves'][0]['psnr']:.4f}" in printed
+    # a budget above N is a one-line error naming the flag
+    assert main(["evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--budgets", "64", "--detector", "none",
+                 "-o", str(out)]) == 1
+    assert "--budgets 64" in capsys.readouterr().err
