@@ -152,3 +152,33 @@ def test_generation_speed():
         f"\nsynthetic 16x32x32 clips ({torch.get_num_threads()} threads): "
         f"{batched:.0f}/s in batches of 32, {single:.0f}/s one by one"
     )
+
+
+def test_captions_name_what_the_clip_shows():
+    """The captioned variant: the colour name is the hue of the rendered object, the shape fills its box
+    like a square (1) or a disc (pi/4), the motion is the label; captions parse back to the attributes."""
+    from larp.data.synthetic import CAPTION_TEMPLATES, COLOUR_NAMES, caption, colour_name, parse_caption
+
+    data = SyntheticVideos(num_videos=96, num_classes=8, seed=4)
+    before = data.get_batch(range(96))["video"].clone()
+    items = data.attributes(range(96))
+    assert torch.equal(data.get_batch(range(96))["video"], before)  # describing a clip renders nothing new
+    for item, clip in zip(items, before):
+        assert item["label"] == item["index"] % 8 and item["motion"] == CLASS_NAMES[item["label"]]
+        middle = clip[:, 8]
+        mask = middle.max(dim=0).values > 0.5
+        rgb = middle[:, mask].mean(dim=1)
+        high, low = rgb.max(), rgb.min()
+        r, g, b = rgb.tolist()
+        hue = ((g - b) / (high - low) % 6 if high == r else (b - r) / (high - low) + 2 if high == g
+               else (r - g) / (high - low) + 4) / 6
+        assert colour_name(float(hue)) == item["colour"], item
+        rows, cols = mask.any(dim=1).nonzero(), mask.any(dim=0).nonzero()
+        fill = mask.sum() / ((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1))
+        assert (fill > 0.89) == (item["shape"] == "square"), (item, float(fill))
+        assert item["caption"] == caption(item, (item["index"] // 8) % len(CAPTION_TEMPLATES))
+        assert parse_caption(item["caption"]) == {k: item[k] for k in ("colour", "shape", "motion")}
+    assert {colour_name(h / 12) for h in range(12)} == set(COLOUR_NAMES)
+    assert colour_name(0.99) == "red" and colour_name(1 / 12 + 0.001) == "yellow"
+    assert parse_caption("a red blue square moving down and right") == {"colour": None, "shape": "square",
+                                                                        "motion": "down-right"}

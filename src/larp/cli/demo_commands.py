@@ -21,6 +21,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--quick", action="store_true",
                       help="check the mechanics in about 20 s (tiny models, a few steps: the numbers mean nothing)")
     demo.add_argument("--fresh", action="store_true", help="start over: forget the stages an earlier run finished")
+    demo.add_argument("--llm", action="store_true",
+                      help="then train a small Llama (transformers) on captions + the demo's video tokens: "
+                      "text-to-video and captioning, scored against the captions (OUT/llm/; about 6 more minutes, "
+                      "reused when done; needs pip install \"larp[llm]\")")
     add_device_option(demo)
     demo.set_defaults(run=run_demo)
 
@@ -29,4 +33,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from larp.demo import run_demo as demo
 
     demo(args.out, quick=args.quick, fresh=args.fresh, device=args.device, progress=not args.quiet)
+    if args.llm:
+        from larp.demo.llm import run_llm_stage
+
+        print("[llm] text-to-video and captioning with a Hugging Face Llama ...")
+        run_llm_stage(args.out, quick=args.quick, device=args.device, progress=not args.quiet, reuse=not args.fresh)
+        print(f"[llm] results in {args.out}/llm/results.json and {args.out}/llm/report.html")
     return 0

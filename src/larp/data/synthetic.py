@@ -22,6 +22,11 @@ background) are what made small CPU training learn the motion (see
 ``notes/small-scale-training.md``): smaller objects and busy backgrounds made the codebook
 collapse before the model found the object.
 
+Captions: :meth:`SyntheticVideos.attributes` describes clips without rendering them: the colour name
+(:data:`COLOUR_NAMES`, from the object's hue), the shape, the motion and a caption naming the three in one
+of four phrasings (:data:`CAPTION_TEMPLATES`); :func:`parse_caption` reads them back. Describing a clip
+changes nothing in its pixels or label.
+
 Determinism: item ``i`` depends only on ``(seed, i)``. Its random parameters come from a
 counter-based generator (the SplitMix64 finaliser applied to ``seed`` and ``i``), so a clip is
 the same whichever worker renders it, in whatever order and batch (and its parameters are the
@@ -39,7 +44,20 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["BACKGROUNDS", "CLASS_NAMES", "MIRROR_LABELS", "SHAPES", "SyntheticConfig", "SyntheticVideos"]
+__all__ = [
+    "BACKGROUNDS",
+    "CAPTION_TEMPLATES",
+    "CLASS_NAMES",
+    "COLOUR_NAMES",
+    "MIRROR_LABELS",
+    "MOTION_PHRASES",
+    "SHAPES",
+    "SyntheticConfig",
+    "SyntheticVideos",
+    "caption",
+    "colour_name",
+    "parse_caption",
+]
 
 #: Names of the motion classes, indexed by label (see the module docstring).
 CLASS_NAMES: tuple[str, ...] = ("right", "left", "down", "up", "down-right", "up-left", "grow", "shrink")
@@ -52,6 +70,19 @@ SHAPES: tuple[str, ...] = ("square", "circle")
 #: colours, random direction); ``noise`` (a static, smooth random texture with features of
 #: about 4 px, values in [0, 0.5]).
 BACKGROUNDS: tuple[str, ...] = ("black", "gradient", "noise")
+
+#: Colour names of the captions, by hue: each covers 60 degrees centred on its hue (red 0, yellow 60, ...).
+COLOUR_NAMES: tuple[str, ...] = ("red", "yellow", "green", "cyan", "blue", "magenta")
+#: How a caption says each motion class (indexed like :data:`CLASS_NAMES`).
+MOTION_PHRASES: tuple[str, ...] = ("moving right", "moving left", "moving down", "moving up",
+                                   "moving down and right", "moving up and left", "growing", "shrinking")
+#: The phrasings of a caption; clip ``i`` uses ``CAPTION_TEMPLATES[(i // num_classes) % 4]``.
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a {colour} {shape} {motion}",
+    "the {colour} {shape} is {motion}",
+    "{motion} , a {colour} {shape}",
+    "there is a {shape} , {colour} and {motion}",
+)
 
 _SQRT_HALF = math.sqrt(0.5)
 # Per class: (x velocity, y velocity, diameter growth), in units of the sampled speed.
@@ -295,6 +326,24 @@ class SyntheticVideos(Dataset):
             torch.lerp(background, colour, alpha, out=video[part])  # convex combination: stays in [0, 1]
         return {"video": video, "label": torch.from_numpy(labels), "index": torch.from_numpy(idx)}
 
+    def attributes(self, indices: Sequence[int] | torch.Tensor) -> list[dict]:
+        """What each clip shows, without rendering it: ``{"index", "label", "motion" (the class name),
+        "colour" (a :data:`COLOUR_NAMES` entry, from the object's hue), "hue" (in [0, 1)), "shape",
+        "caption"}``. The caption names the colour, the shape and the motion in one of the
+        :data:`CAPTION_TEMPLATES` (clip ``i`` uses phrasing ``(i // num_classes) % 4``)."""
+        idx = self._check_indices(indices)
+        cfg = self.config
+        u = _uniforms(cfg.seed, idx, 0, 2)  # the same draws as _item_parameters: shape, hue
+        shape = np.minimum((u[:, 0] * len(cfg.shapes)).astype(np.int64), len(cfg.shapes) - 1)
+        found = []
+        for i, index in enumerate(idx.tolist()):
+            label = index % cfg.num_classes
+            item = {"index": index, "label": label, "motion": CLASS_NAMES[label], "colour": colour_name(u[i, 1]),
+                    "hue": float(u[i, 1]), "shape": cfg.shapes[shape[i]]}
+            item["caption"] = caption(item, (index // cfg.num_classes) % len(CAPTION_TEMPLATES))
+            found.append(item)
+        return found
+
     # -------------------------------------------------------------------- parameters
 
     def _item_parameters(self, idx: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
@@ -400,3 +449,31 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """HSV in [0, 1], (b,) each -> RGB (b, 3) in [0, 1]."""
     k = (np.array([5.0, 3.0, 1.0])[None, :] + 6 * h[:, None]) % 6
     return v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def colour_name(hue: float) -> str:
+    """The :data:`COLOUR_NAMES` entry of a hue in [0, 1) (60-degree bins centred on red, yellow, ...)."""
+    return COLOUR_NAMES[int(math.floor(float(hue) * 6 + 0.5)) % 6]
+
+
+def caption(attributes: dict, phrasing: int = 0) -> str:
+    """A caption naming ``attributes["colour"]``, ``["shape"]`` and ``["motion"]`` (a class name) in
+    :data:`CAPTION_TEMPLATES` ``[phrasing]``."""
+    motion = MOTION_PHRASES[CLASS_NAMES.index(attributes["motion"])]
+    template = CAPTION_TEMPLATES[phrasing % len(CAPTION_TEMPLATES)]
+    return template.format(colour=attributes["colour"], shape=attributes["shape"], motion=motion)
+
+
+def parse_caption(text: str) -> dict:
+    """The attributes a caption names: ``{"colour", "shape", "motion"}``, each None when it names none or
+    several (a phrase inside a longer one found is not counted: "moving down and right" is not "moving down")."""
+    words = " " + " ".join(text.lower().replace(",", " , ").split()) + " "
+
+    def one(options: Sequence[str], phrases: Sequence[str]) -> str | None:
+        hits = {o: p for o, p in zip(options, phrases) if f" {p} " in words}
+        # a phrase inside a longer one that was found is not a hit of its own
+        kept = [o for o, p in hits.items() if not any(p != q and f" {p} " in f" {q} " for q in hits.values())]
+        return kept[0] if len(kept) == 1 else None
+
+    return {"colour": one(COLOUR_NAMES, COLOUR_NAMES), "shape": one(SHAPES, SHAPES),
+            "motion": one(CLASS_NAMES, MOTION_PHRASES)}
