@@ -13,11 +13,14 @@ import sys
 
 from larp.version import __version__
 from larp.cli import (
+    budget_commands,
     data_commands,
     demo_commands,
     evaluate_commands,
+    experiment_commands,
     generate_commands,
     info_commands,
+    llm_commands,
     tokenizer_commands,
     train_commands,
     weights_commands,
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     weights_commands.register(commands)
     data_commands.register(commands)
     demo_commands.register(commands)
+    llm_commands.register(commands)
+    budget_commands.register(commands)
+    experiment_commands.register(commands)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Experiments: multi-run studies built from the library's trainers and evaluation (``larp experiment ...``)."""
