@@ -317,6 +317,18 @@ def search_lengths(tokenizer: LARPTokenizer, windows: torch.Tensor, target: floa
 
 
 # ------------------------------------------------------------------------------------------ a mean budget
+def _check_curves(curves: torch.Tensor | np.ndarray, candidates: Sequence[int],
+                  metric: str) -> tuple[torch.Tensor, list[int]]:
+    """Rate-quality curves (W, C) as float64 and the candidate lengths as ints, or a clear error."""
+    curves = torch.as_tensor(curves, dtype=torch.float64)
+    candidates = [int(c) for c in candidates]
+    if curves.ndim != 2 or curves.shape[1] != len(candidates) or curves.shape[0] == 0:
+        raise ValueError(f"curves must be (windows >= 1, {len(candidates)} candidates), got {tuple(curves.shape)}")
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown quality metric {metric!r}; expected one of {', '.join(METRICS)}")
+    return curves, candidates
+
+
 def allocate_mean_tokens(curves: torch.Tensor | np.ndarray, candidates: Sequence[int], mean_tokens: float, *,
                          metric: str = "psnr", method: str = "auto") -> torch.Tensor:
     """Share ``floor(W x mean_tokens)`` tokens among W windows (never more) to maximise the summed quality.
@@ -346,12 +358,7 @@ def allocate_mean_tokens(curves: torch.Tensor | np.ndarray, candidates: Sequence
     default candidates of any N, a 16-frame call of a whole video, a shard of short clips) and ``greedy`` beyond,
     where the DP's time and memory grow with W^2 and the hull's gap (at most one segment) is small per window.
     """
-    curves = torch.as_tensor(curves, dtype=torch.float64)
-    candidates = [int(c) for c in candidates]
-    if curves.ndim != 2 or curves.shape[1] != len(candidates) or curves.shape[0] == 0:
-        raise ValueError(f"curves must be (windows >= 1, {len(candidates)} candidates), got {tuple(curves.shape)}")
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"unknown quality metric {metric!r}; expected one of {', '.join(METRICS)}")
+    curves, candidates = _check_curves(curves, candidates, metric)
     if candidates != sorted(set(candidates)) or candidates[0] < 1:
         raise ValueError(f"candidate lengths must increase strictly from >= 1, got {candidates}")
     if not math.isfinite(float(mean_tokens)) or float(mean_tokens) < candidates[0]:
@@ -456,12 +463,7 @@ def lengths_for_mean_target(curves: torch.Tensor | np.ndarray, candidates: Seque
     that best is returned. Unlike :func:`lengths_for_target` (each window meets the target on its own, ``N``
     where none does), easy windows may exceed the target and hard ones stay below it.
     """
-    curves = torch.as_tensor(curves, dtype=torch.float64)
-    candidates = [int(c) for c in candidates]
-    if curves.ndim != 2 or curves.shape[1] != len(candidates) or curves.shape[0] == 0:
-        raise ValueError(f"curves must be (windows >= 1, {len(candidates)} candidates), got {tuple(curves.shape)}")
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"unknown quality metric {metric!r}; expected one of {', '.join(METRICS)}")
+    curves, candidates = _check_curves(curves, candidates, metric)
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     values = (sign * curves).numpy()
     costs = np.array(candidates, dtype=np.int64)

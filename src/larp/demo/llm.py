@@ -151,9 +151,10 @@ class AttributeProbe:
             if rows:
                 self.centroids[name] = torch.tensor(rows).mean(0)
         means = {s: np.mean([m["fill"] for m, c in pairs if c["shape"] == s] or [np.nan]) for s in SHAPES}
-        self.threshold = float(np.nanmean([means["square"], means["circle"]]))
-        self.square_above = bool(means["square"] >= means["circle"]) if not np.isnan(list(means.values())).any() \
-            else True
+        known = [value for value in means.values() if not np.isnan(value)]
+        # no measured object of either shape (a tiny run): the fixed threshold of the real clips
+        self.threshold = float(np.mean(known)) if known else _SQUARE_FILL
+        self.square_above = bool(means["square"] >= means["circle"]) if len(known) == 2 else True
 
     def predict(self, measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
         found = []
