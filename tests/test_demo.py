@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 import larp
 from larp.cli.main import main
+from larp.demo.pipeline import clear, run_demo
 from larp.demo.plot import PLOTS_NEED_MATPLOTLIB, Series, line_plot
 from larp.demo.recipes import demo_plan
 from larp.demo.report import write_report
@@ -217,3 +219,23 @@ def test_demo_resumes_after_a_failed_stage_and_is_deterministic(quick_demo, tmp_
         for key, value in first["evaluation"][task].items():
             assert second["evaluation"][task][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, key)
     assert second["detector"] == first["detector"]
+
+
+def test_the_llm_stage_joins_the_demo_and_its_report(quick_demo, tmp_path):
+    pytest.importorskip("transformers", reason="the LLM stage needs the llm extra: pip install 'larp[llm]'")
+    pytest.importorskip("datasets", reason="the LLM stage needs the llm extra: pip install 'larp[llm]'")
+    out = tmp_path / "demo"
+    shutil.copytree(quick_demo[0], out, ignore=shutil.ignore_patterns(".lock"))
+    printed = io.StringIO()
+    metrics = run_demo(out, quick=True, progress=False, llm=True, echo=lambda line: printed.write(line + "\n"))
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == "[1/9] detector: done in an earlier run" + lines[0].split("earlier run", 1)[1]
+    assert "[8/9] llm ..." in lines and any(line.startswith("[9/9] report") for line in lines)
+    assert metrics["llm"] == json.loads((out / "llm" / "results.json").read_text())
+    assert "llm" in metrics["timings"] and "text to video, unseen caption combinations" in printed.getvalue()
+    report = (out / "report.html").read_text()
+    assert "<section id=\"llm\">" in report and report.index("<section id=\"llm\">") < report.index("</body>")
+    # a later run without --llm keeps the finished stage in the report; --fresh removes it
+    assert run_demo(out, quick=True, progress=False, echo=lambda line: None)["llm"] == metrics["llm"]
+    clear(out)  # what --fresh does first
+    assert not (out / "llm").exists()

@@ -32,11 +32,5 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from larp.demo import run_demo as demo
 
-    demo(args.out, quick=args.quick, fresh=args.fresh, device=args.device, progress=not args.quiet)
-    if args.llm:
-        from larp.demo.llm import run_llm_stage
-
-        print("[llm] text-to-video and captioning with a Hugging Face Llama ...")
-        run_llm_stage(args.out, quick=args.quick, device=args.device, progress=not args.quiet, reuse=not args.fresh)
-        print(f"[llm] results in {args.out}/llm/results.json and {args.out}/llm/report.html")
+    demo(args.out, quick=args.quick, fresh=args.fresh, device=args.device, progress=not args.quiet, llm=args.llm)
     return 0

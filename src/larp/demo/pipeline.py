@@ -11,6 +11,8 @@ Stages, each a function of the demo's :class:`Context` that writes into the demo
                  PSNR, the detector's Fréchet distance and class accuracy of every clip at that length against
                  the PSNR-optimal allocation of the same total (:mod:`larp.evaluation.budget`);
 7. ``media``     writes GIFs: real clips, reconstructions, samples per class, predictions;
+   ``llm``       only with ``llm=True`` (``larp demo --llm``): text-to-video and captioning with a small Hugging
+                 Face Llama on the demo tokenizer's ids (:mod:`larp.demo.llm`; needs ``larp[llm]``);
 8. ``report``    draws the plots (with matplotlib, when installed) and writes ``report.html`` and ``metrics.json``.
 
 A finished stage is recorded in ``stages.json`` with its duration and is skipped by the next run (a killed
@@ -62,10 +64,12 @@ __all__ = ["STAGES", "BARS", "run_demo"]
 logger = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("detector", "tokenizer", "generator", "predictor", "evaluate", "budget", "media", "report")
+#: Stages run only when asked (``larp demo --llm``), just before the report: ``llm`` needs the llm extra.
+OPTIONAL_STAGES: tuple[str, ...] = ("llm",)
 #: The demo's quality bars (default plan): the detector's class accuracy on reconstructions and on samples.
 BARS: dict[str, float] = {"reconstruction": 0.9, "samples": 0.8}
 # Folders the demo owns inside OUT; --fresh removes these and nothing else.
-_OWNED = ("models", "runs", "cache", "eval", "media", "plots", "stages.json", "metrics.json", "report.html")
+_OWNED = ("models", "llm", "runs", "cache", "eval", "media", "plots", "stages.json", "metrics.json", "report.html")
 _ALWAYS_RUN = ("report",)  # stages redone by every run, even when an earlier run finished them
 _GIF_SCALE = 3  # the 32x32 clips are upscaled (nearest) in the GIFs so that they can be seen
 _GIF_FPS = 8.0
@@ -264,7 +268,8 @@ def stage_media(ctx: Context) -> dict[str, Any]:
 
 def stage_report(ctx: Context) -> dict[str, Any]:
     evaluation = ctx.results["evaluate"]
-    timings = {name: ctx.seconds[name] for name in STAGES if name in ctx.seconds and name != "report"}
+    timings = {name: ctx.seconds[name] for name in STAGES + OPTIONAL_STAGES
+               if name in ctx.seconds and name != "report"}
     plan = ctx.plan.to_dict()
     recipes = ("tokenizer", "generator", "predictor")
     metrics = {
@@ -276,6 +281,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
         "training": {"tokenizer": ctx.results["tokenizer"], "generator": ctx.results["generator"],
                      "frame-predictor": ctx.results["predictor"]},
         "media": ctx.results["media"],
+        "llm": ctx.results.get("llm"),  # None unless the llm stage ran (larp demo --llm)
         "timings": timings,
         "total_seconds": round(sum(timings.values()), 1),  # the report itself takes about a second
         "tokens_per_clip": ctx.plan.tokenizer.model.num_tokens,
@@ -289,6 +295,12 @@ def stage_report(ctx: Context) -> dict[str, Any]:
     return write_report(ctx.out, metrics, curves)
 
 
+def stage_llm(ctx: Context) -> dict[str, Any]:
+    from larp.demo.llm import run_llm_stage  # transformers is optional: imported only when the stage runs
+
+    return run_llm_stage(ctx.out, quick=ctx.plan.name == "quick", device=str(ctx.device), progress=ctx.progress)
+
+
 _STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "detector": stage_detector,
     "tokenizer": stage_tokenizer,
@@ -297,6 +309,7 @@ _STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "evaluate": stage_evaluate,
     "budget": stage_budget,
     "media": stage_media,
+    "llm": stage_llm,
     "report": stage_report,
 }
 
@@ -332,11 +345,13 @@ def machine() -> dict[str, Any]:
 
 
 def run_demo(out: str | os.PathLike = "larp-demo", *, quick: bool = False, fresh: bool = False,
-             device: str | None = None, progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+             device: str | None = None, progress: bool = True, llm: bool = False,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) the demo in ``out``; returns the metrics also written to ``out/metrics.json``.
 
     Args:
         quick: the mechanics-only plan (about 20 s on a 2-core CPU; its numbers mean nothing).
+        llm: also the ``llm`` stage (text-to-video and captioning with a Hugging Face Llama; ``larp[llm]``).
         fresh: forget what an earlier run in ``out`` finished.
         device: "cpu", "cuda", ... (default: CUDA when available).
         echo: where the stage headers and the final summary go.
@@ -355,19 +370,22 @@ def run_demo(out: str | os.PathLike = "larp-demo", *, quick: bool = False, fresh
         state = _load_state(state_path, plan)
         ctx = Context(out, plan, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), progress)
         started = time.perf_counter()
-        for number, name in enumerate(STAGES, 1):
+        # an llm stage finished by an earlier run stays in the report
+        llm = llm or "llm" in state["stages"]
+        stages = STAGES[:-1] + OPTIONAL_STAGES + STAGES[-1:] if llm else STAGES
+        for number, name in enumerate(stages, 1):
             done = state["stages"].get(name)
             if done is not None and name not in _ALWAYS_RUN:
                 ctx.results[name], ctx.seconds[name] = done["results"], done["seconds"]
-                echo(f"[{number}/{len(STAGES)}] {name}: done in an earlier run ({done['seconds']:.0f} s), reused")
+                echo(f"[{number}/{len(stages)}] {name}: done in an earlier run ({done['seconds']:.0f} s), reused")
                 continue
-            echo(f"[{number}/{len(STAGES)}] {name} ...")
+            echo(f"[{number}/{len(stages)}] {name} ...")
             t0 = time.perf_counter()
             ctx.results[name] = _STAGE_FUNCTIONS[name](ctx)
             ctx.seconds[name] = round(time.perf_counter() - t0, 1)
             state["stages"][name] = {"seconds": ctx.seconds[name], "results": ctx.results[name]}
             write_json_atomic(state_path, state)
-            echo(f"[{number}/{len(STAGES)}] {name}: {ctx.seconds[name]:.0f} s")
+            echo(f"[{number}/{len(stages)}] {name}: {ctx.seconds[name]:.0f} s")
         metrics = json.loads((out / "metrics.json").read_text())
     echo(summary(metrics, time.perf_counter() - started))
     return metrics
@@ -390,6 +408,12 @@ def summary(metrics: dict[str, Any], elapsed: float) -> str:
         k = shown[len(shown) // 2]
         lines.append(f"  {k} tokens per clip: PSNR {budget['fixed', k]['psnr']:.2f} dB with every clip at {k}, "
                      f"{budget['adaptive', k]['psnr']:.2f} dB adaptive at the same mean (all budgets: in the report)")
+    llm = metrics.get("llm")
+    if llm:
+        unseen, chance = llm["text_to_video"]["unseen"], llm["chance"]
+        lines.append(f"  text to video, unseen caption combinations: motion {unseen['motion']:.3f} (chance "
+                     f"{chance['motion']:.2f}), colour {unseen['colour']:.3f} ({chance['colour']:.2f}), shape "
+                     f"{unseen['shape']:.3f} ({chance['shape']:.2f})")
     if not metrics["plots"]:
         lines.append(f"  {PLOTS_NEED_MATPLOTLIB}")
     lines.append(f"  report: {metrics['report']}")

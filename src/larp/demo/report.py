@@ -268,5 +268,9 @@ def write_report(out: Path, metrics: dict[str, Any], curves: Mapping[str, Rows])
         plots = {}
     metrics = {**metrics, "plots": plots, "report": str(out / "report.html")}
     write_json_atomic(out / "metrics.json", metrics)
-    write_text_atomic(out / "report.html", _html(metrics))
+    page = _html(metrics)
+    fragment = out / "llm" / "report.html"  # the llm stage's section (larp.demo.llm), when it ran
+    if metrics.get("llm") and fragment.is_file():
+        page = page.replace("</body>", fragment.read_text(encoding="utf-8") + "</body>")
+    write_text_atomic(out / "report.html", page)
     return {"report": metrics["report"], "metrics": str(out / "metrics.json")}
