@@ -18,6 +18,7 @@ from larp.budget import (
     candidate_lengths,
     choose_lengths,
     decode_prefixes,
+    floor_length,
     lengths_for_target,
     measure_quality,
     pad_past_lengths,
@@ -130,6 +131,60 @@ def test_allocation_is_optimal_on_a_hand_made_case_and_respects_the_total():
     assert allocate_mean_tokens(rising, candidates, 2).tolist() == [2, 2, 2, 2]
     with pytest.raises(ValueError, match="mean_tokens 1 is below the smallest candidate length 2"):
         allocate_mean_tokens(curves, candidates, 1)
+
+
+def test_a_floor_keeps_every_window_at_or_above_it_and_is_optimal_above_it():
+    candidates = [2, 4, 6, 8]
+    curves = torch.tensor([[30.0, 30.5, 30.7, 30.8],
+                           [10.0, 20.0, 28.0, 30.0],
+                           [15.0, 16.0, 25.0, 26.0]])
+    # mean 5.5 (16 tokens): without a floor the static window gets 2 tokens (2 + 8 + 6 -> 85 dB); with a floor
+    # of 4 every window has >= 4: 4 + 6 + 6 = 16 -> 30.5 + 28 + 25 = 83.5 dB beats 4 + 8 + 4 (30.5 + 30 + 16)
+    for method in ("dp", "greedy"):
+        assert allocate_mean_tokens(curves, candidates, 5.5, method=method).tolist() == [2, 8, 6]
+        assert allocate_mean_tokens(curves, candidates, 5.5, method=method, min_tokens=4).tolist() == [4, 6, 6]
+        # a floor between candidates rounds up to the next candidate (3 -> 4)
+        assert allocate_mean_tokens(curves, candidates, 5.5, method=method, min_tokens=3).tolist() == [4, 6, 6]
+        # a floor at the mean's candidate leaves one choice: every window at it
+        assert allocate_mean_tokens(curves, candidates, 6, method=method, min_tokens=6).tolist() == [6, 6, 6]
+    # brute force over every assignment with lengths >= the floor: the DP reaches the best total within the
+    # budget, the greedy never beats it; both keep the floor and the total
+    g = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        curves = torch.rand(4, 4, generator=g, dtype=torch.float64) * 10
+        floor = [2, 3, 4, 6][trial % 4]
+        mean = 6 + 2 * torch.rand(1, generator=g).item()
+        allowed = [c for c in range(4) if candidates[c] >= floor]
+        best = max(sum(curves[w, c] for w, c in enumerate(combo)).item()
+                   for combo in itertools.product(allowed, repeat=4)
+                   if sum(candidates[c] for c in combo) <= 4 * mean)
+        for method in ("dp", "greedy"):
+            lengths = allocate_mean_tokens(curves, candidates, mean, method=method, min_tokens=floor)
+            assert lengths.min().item() >= floor and lengths.sum().item() <= 4 * mean
+            total = curves[torch.arange(4), lengths // 2 - 1].sum().item()
+            if method == "dp":
+                assert total == pytest.approx(best)
+            else:
+                assert total <= best + 1e-9
+    # lower is better with a floor: the mse window that gains most gets the spare tokens above the floor
+    mse = torch.tensor([[0.5, 0.1, 0.05, 0.04], [0.2, 0.19, 0.18, 0.17]])
+    assert allocate_mean_tokens(mse, candidates, 5.0, metric="mse", min_tokens=4).tolist() == [6, 4]
+    # refusals: a floor above the largest candidate, and a mean below the floor's candidate
+    with pytest.raises(ValueError, match=r"min_tokens must be an integer in \[1, 8\]"):
+        allocate_mean_tokens(curves, candidates, 8, min_tokens=9)
+    with pytest.raises(ValueError, match="mean_tokens 4.5 is below the floor's candidate length 6"):
+        allocate_mean_tokens(curves, candidates, 4.5, min_tokens=5)
+
+
+def test_floor_length_is_the_largest_candidate_within_the_fraction():
+    candidates = candidate_lengths(32)  # 2, 4, ..., 32
+    assert [floor_length(k, candidates, 0.5) for k in (2, 4, 6, 8, 12, 16, 24, 32)] == [2, 2, 2, 4, 6, 8, 12, 16]
+    assert floor_length(12, candidates, 0.25) == 2 and floor_length(24, candidates, 0.75) == 18
+    assert floor_length(8, candidates, 1.0) == 8
+    assert floor_length(10, [4, 8, 16], 0.5) == 4 and floor_length(6, [4, 8, 16], 0.5) == 4
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="floor fraction must be in"):
+            floor_length(8, candidates, bad)
 
 
 def test_greedy_follows_the_convex_hull_and_spends_the_leftover():

@@ -99,6 +99,33 @@ def test_adaptive_is_never_below_fixed_and_scores_match_the_measured_curves(nest
     assert given["adaptive_share_meeting"] == pytest.approx(reached)
 
 
+def test_the_floored_policy_is_the_allocation_with_a_floor_between_fixed_and_adaptive(nested, clips):
+    videos, _ = clips
+    candidates = [8, 16, 24, 32]
+    result = rate_quality(nested, videos, budgets=(16, 24), candidates=candidates, min_fraction=0.75,
+                          score_ssim=False)
+    curves = measure_quality(nested, videos, candidates, batch_size=64)
+    rows = {(r["policy"], r["budget"]): r for r in result["curves"]}
+    assert sorted(rows) == [(p, b) for p in ("adaptive", "fixed", "floored") for b in (16, 24)]
+    assert result["min_fraction"] == 0.75
+    # the floor: the largest candidate <= 0.75 K (12 -> 8, 18 -> 16)
+    assert rows["floored", 16]["min_tokens"] == 8 and rows["floored", 24]["min_tokens"] == 16
+    for budget in (16, 24):
+        floor = rows["floored", budget]["min_tokens"]
+        lengths = allocate_mean_tokens(curves, candidates, budget, min_tokens=floor)
+        assert lengths.min().item() >= floor
+        floored = rows["floored", budget]
+        assert floored["mean_tokens"] == pytest.approx(lengths.double().mean().item())
+        assert floored["mean_tokens"] <= budget
+        column = torch.tensor([candidates.index(k) for k in lengths.tolist()])
+        assert floored["psnr"] == pytest.approx(curves[torch.arange(len(videos)), column].mean().item(), abs=1e-4)
+        # every window at K meets the floor, so the floored optimum is never below fixed, nor above the free one
+        assert rows["fixed", budget]["psnr"] - 1e-4 <= floored["psnr"] <= rows["adaptive", budget]["psnr"] + 1e-4
+        assert "min_tokens" not in rows["adaptive", budget]
+    with pytest.raises(ValueError, match="floor fraction must be in"):
+        rate_quality(nested, videos, budgets=(16,), candidates=candidates, min_fraction=1.5)
+
+
 def test_score_lengths_fvd_and_accuracy_are_the_detectors(nested, clips, detector):
     videos, labels = clips
     from larp.budget import decode_prefixes
@@ -134,13 +161,18 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     detector.classifier.save_pretrained(tmp_path / "det")
     out = tmp_path / "eval" / "b.json"
     assert main(["-q", "evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--num-samples", "6",
-                 "--budgets", "8,32", "--candidate-step", "8", "--targets", "12", "--detector", str(tmp_path / "det"), "--no-ssim",
+                 "--budgets", "8,32", "--candidate-step", "8", "--targets", "12", "--min-fraction", "0.5",
+                 "--detector", str(tmp_path / "det"), "--no-ssim",
                  "--device", "cpu", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     record = json.loads(out.read_text())
     assert record["clips"] == 6 and record["lpips"].startswith("no LPIPS column") and "no LPIPS column" in printed
-    assert [(r["policy"], r["budget"]) for r in record["curves"]] == [("fixed", 8), ("adaptive", 8), ("fixed", 32),
-                                                                      ("adaptive", 32)]
+    assert [(r["policy"], r["budget"]) for r in record["curves"]] == [
+        ("fixed", 8), ("adaptive", 8), ("floored", 8), ("fixed", 32), ("adaptive", 32), ("floored", 32)]
+    # --min-fraction 0.5: K = 8 floors at the smallest candidate 8 (every window at 8, as fixed); K = 32 at 16
+    assert [r["min_tokens"] for r in record["curves"] if r["policy"] == "floored"] == [8, 16]
+    assert record["curves"][2]["psnr"] == pytest.approx(record["curves"][0]["psnr"], abs=1e-6)
+    assert record["min_fraction"] == 0.5
     assert all("lpips" not in r and "ssim" not in r and "fvd" in r for r in record["curves"])
     assert sorted(record["plots"]) == ["class_accuracy", "fvd", "psnr"]
     for path in record["plots"].values():
@@ -150,3 +182,6 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     assert main(["evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--budgets", "64", "--detector", "none",
                  "-o", str(out)]) == 1
     assert "--budgets 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--min-fraction", "2"])
+    assert "--min-fraction: expected a number in (0, 1], e.g. 0.5; got '2'" in capsys.readouterr().err

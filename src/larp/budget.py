@@ -49,6 +49,7 @@ __all__ = [
     "POOLED",
     "allocate_mean_tokens",
     "allocate_pooled",
+    "floor_length",
     "budget_option",
     "candidate_lengths",
     "choose_lengths",
@@ -329,19 +330,40 @@ def _check_curves(curves: torch.Tensor | np.ndarray, candidates: Sequence[int],
     return curves, candidates
 
 
+def floor_length(mean_tokens: float, candidates: Sequence[int], fraction: float) -> int:
+    """The per-window floor of a mean budget: the largest candidate <= ``fraction x mean_tokens``, or the
+    smallest candidate when none is (so ``fraction`` 0.5 of K = 8 is 4 tokens; of K = 2 with candidates
+    2, 4, ... it is 2, every window at K). For :func:`allocate_mean_tokens`'s ``min_tokens``."""
+    fraction = float(fraction)
+    if not math.isfinite(fraction) or not 0 < fraction <= 1:
+        raise ValueError(f"the floor fraction must be in (0, 1], got {fraction:g}")
+    candidates = sorted(int(c) for c in candidates)
+    if not candidates:
+        raise ValueError("candidate lengths must be a non-empty list of integers")
+    below = [c for c in candidates if c <= fraction * float(mean_tokens) + 1e-9]
+    return below[-1] if below else candidates[0]
+
+
 def allocate_mean_tokens(curves: torch.Tensor | np.ndarray, candidates: Sequence[int], mean_tokens: float, *,
-                         metric: str = "psnr", method: str = "auto") -> torch.Tensor:
+                         metric: str = "psnr", method: str = "auto", min_tokens: int | None = None) -> torch.Tensor:
     """Share ``floor(W x mean_tokens)`` tokens among W windows (never more) to maximise the summed quality.
 
     Args:
         curves: (W, C) quality of each window at each candidate length (measured or predicted); for ``mse``
             and ``lpips`` (lower is better) the summed quality is minimised.
         candidates: the C lengths, increasing.
-        mean_tokens: the mean budget per window, at least the smallest candidate.
+        mean_tokens: the mean budget per window, at least the smallest candidate (at least the floor's
+            candidate with ``min_tokens``).
         method: ``dp``, ``greedy`` or ``auto``.
+        min_tokens: a floor: every window gets at least this many tokens (the smallest candidate >=
+            ``min_tokens``), and the rest of the budget is shared optimally above it (the same solvers on the
+            candidates at or above the floor). None (default): no floor beyond the smallest candidate. The
+            PSNR-optimal allocation without a floor may give a window its first candidate only, and a prefix
+            that short loses the motion of a clip (the detector's Fréchet distance rises while the summed PSNR
+            is best); :func:`floor_length` turns a fraction of the mean into a floor.
 
     Returns:
-        (W,) int64 lengths, each a candidate, summing to at most ``floor(W x mean_tokens)``.
+        (W,) int64 lengths, each a candidate (>= ``min_tokens``), summing to at most ``floor(W x mean_tokens)``.
 
     Two solvers of this multiple-choice knapsack:
 
@@ -367,6 +389,15 @@ def allocate_mean_tokens(curves: torch.Tensor | np.ndarray, candidates: Sequence
         raise ValueError(f"method must be auto, dp or greedy, got {method!r}")
     if not bool(torch.isfinite(curves).all()):
         raise ValueError("the quality curves hold NaN or infinite values")
+    if min_tokens is not None:
+        if isinstance(min_tokens, bool) or int(min_tokens) != min_tokens or not 1 <= min_tokens <= candidates[-1]:
+            raise ValueError(f"min_tokens must be an integer in [1, {candidates[-1]}] (the largest candidate), "
+                             f"got {min_tokens!r}")
+        allowed = [j for j, c in enumerate(candidates) if c >= min_tokens]
+        if float(mean_tokens) < candidates[allowed[0]]:
+            raise ValueError(f"mean_tokens {mean_tokens} is below the floor's candidate length "
+                             f"{candidates[allowed[0]]} (min_tokens {min_tokens})")
+        curves, candidates = curves[:, allowed], [candidates[j] for j in allowed]
     values = (curves if HIGHER_IS_BETTER[metric] else -curves).numpy()
     w = values.shape[0]
     unit = math.gcd(*candidates)

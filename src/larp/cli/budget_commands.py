@@ -37,6 +37,16 @@ def _float_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5; got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5; got {text!r}")
+    return value
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train-budget",
@@ -94,6 +104,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                           help="candidate lengths step (default N/16, or the --predict predictor's candidates)")
     evaluate.add_argument("--predict", metavar="DIR", help="a length predictor folder (larp train-budget): adds "
                           "the predicted allocation and its loss against the exact one")
+    evaluate.add_argument("--min-fraction", type=_fraction, metavar="F",
+                          help="also score the adaptive allocation with a floor (policy 'floored'): every window keeps "
+                          "at least the largest candidate <= F x K tokens, e.g. 0.5")
     evaluate.add_argument("--detector", help="a VideoClassifier folder, 'synthetic', 'i3d', a TorchScript .pt, or "
                           "'none' (default: the protocol's)")
     evaluate.add_argument("--trust-detector", action="store_true",
@@ -254,7 +267,8 @@ def run_evaluate_budget(args: argparse.Namespace) -> int:
         candidates = predictor.candidates  # the lengths it was trained to score
     result = rate_quality(tokenizer, videos, budgets=budgets, labels=labels, candidates=candidates,
                           targets=args.targets, detector=detector, lpips=lpips, predictor=predictor,
-                          batch_size=args.batch_size, precision=args.dtype, score_ssim=not args.no_ssim)
+                          batch_size=args.batch_size, precision=args.dtype, score_ssim=not args.no_ssim,
+                          min_fraction=args.min_fraction)
     out = Path(args.output)
     record = {"task": "budget", "protocol": protocol.to_dict(), "overrides": applied,
               "sources": {"tokenizer": args.tokenizer, "data": args.data, "predictor": args.predict},

@@ -8,7 +8,9 @@ For one nested-dropout tokenizer and a set of clips (windows):
 * :func:`rate_quality` draws the curves: for each budget K, every window at K tokens (*fixed*) against the
   allocation of K tokens per window on average chosen from the measured rate-quality curves
   (:func:`larp.budget.allocate_mean_tokens`, *adaptive*), and, with a learned predictor, the allocation chosen
-  from its predicted curves (*predicted*, no decoding); and for PSNR targets, the mean tokens a per-window
+  from its predicted curves (*predicted*, no decoding); with ``min_fraction``, the same allocation with a floor
+  (*floored*: every window at least the largest candidate <= ``min_fraction x K``,
+  :func:`larp.budget.floor_length`); and for PSNR targets, the mean tokens a per-window
   target needs against the smallest fixed length whose mean PSNR reaches it.
 * :func:`predictor_quality` compares predicted curves with measured ones: the mean absolute error and the
   quality lost against the exact search (targets met, mean tokens, and mean quality of the allocation),
@@ -31,6 +33,7 @@ from larp.budget import (
     allocate_mean_tokens,
     candidate_lengths,
     decode_prefixes,
+    floor_length,
     lengths_for_target,
     measure_quality,
     require_nested_dropout,
@@ -175,7 +178,8 @@ def predictor_quality(measured: torch.Tensor, predicted: torch.Tensor, candidate
 def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], labels: torch.Tensor | None = None,
                  candidates: Sequence[int] | None = None, targets: Sequence[float] = (),
                  targets_at: Sequence[int] = (), detector=None, lpips=None,
-                 predictor=None, batch_size: int = 64, precision: str = "auto", score_ssim: bool = True) -> dict[str, Any]:
+                 predictor=None, batch_size: int = 64, precision: str = "auto", score_ssim: bool = True,
+                 min_fraction: float | None = None) -> dict[str, Any]:
     """Fixed vs adaptive token budgets on ``videos``: the rate-quality curves and the target comparison.
 
     Args:
@@ -193,6 +197,9 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
             score_ssim: score SSIM too.
         predictor: a length predictor (``candidates``, ``metric`` "psnr", ``predict``): adds the *predicted*
             policy and ``predictor`` (its error and loss against the exact search).
+        min_fraction: adds the *floored* policy: the PSNR-optimal allocation of K tokens per window on average
+            in which every window keeps at least ``floor_length(K, candidates, min_fraction)`` tokens (its row
+            has ``min_tokens``). None: not scored.
 
     Returns:
         {"candidates", "clips", "curves": [{"policy", "budget", "mean_tokens", "psnr", ...}], "targets": [...],
@@ -205,6 +212,8 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
     if bad:
         raise ValueError(f"budgets {bad} are outside [1, {n_tokens}] tokens per window, or targets_at lengths that "
                          f"are not candidates {candidates}")
+    if min_fraction is not None:
+        floor_length(n_tokens, candidates, min_fraction)  # checks the fraction before anything is decoded
     n = len(videos)
     ids = encode_ids(tokenizer, videos, batch_size, precision)
     curves = measure_quality(tokenizer, videos, candidates, metric="psnr", ids=ids, batch_size=batch_size,
@@ -228,8 +237,13 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
                     "adaptive": allocate_mean_tokens(curves, candidates, int(budget))}
         if predicted is not None:
             policies["predicted"] = allocate_mean_tokens(predicted, candidates, int(budget))
+        floor = None
+        if min_fraction is not None:
+            floor = floor_length(int(budget), candidates, min_fraction)
+            policies["floored"] = allocate_mean_tokens(curves, candidates, int(budget), min_tokens=floor)
         for policy, lengths in policies.items():
-            rows.append({"policy": policy, "budget": int(budget),
+            extra = {"min_tokens": floor} if policy == "floored" else {}
+            rows.append({"policy": policy, "budget": int(budget), **extra,
                          **score_lengths(tokenizer, videos, ids, lengths.long(), **common)})
     fixed_means = curves.mean(dim=0)
     targets = [float(t) for t in targets] + [fixed_means[candidates.index(k)].item() for k in targets_at]
@@ -247,6 +261,8 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
                             "smallest_adaptive_budget_reaching": min((r["budget"] for r in by_mean), default=None)})
     result: dict[str, Any] = {"candidates": candidates, "clips": n, "curves": rows, "targets": target_rows,
                               "fixed_psnr_at_candidates": fixed_means.tolist()}
+    if min_fraction is not None:
+        result["min_fraction"] = float(min_fraction)
     if predicted is not None:
         result["predictor"] = predictor_quality(curves, predicted, candidates, targets=targets, means=budgets)
     return result
@@ -262,14 +278,14 @@ def plot_rate_quality(folder: str | os.PathLike, result: dict[str, Any], *, pref
     folder = Path(folder)
     labels = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "fvd": "Fréchet distance (detector features)",
               "class_accuracy": "class accuracy"}
-    colors = {"fixed": "#1f77b4", "adaptive": "#d62728", "predicted": "#2ca02c"}
+    colors = {"fixed": "#1f77b4", "adaptive": "#d62728", "predicted": "#2ca02c", "floored": "#9467bd"}
     rows = result["curves"]
     paths = {}
     for metric, label in labels.items():
         if not any(metric in row for row in rows):
             continue
         series = []
-        for policy in ("fixed", "adaptive", "predicted"):
+        for policy in ("fixed", "adaptive", "floored", "predicted"):
             picked = [row for row in rows if row["policy"] == policy and metric in row]
             if picked:
                 series.append(Series(policy, [r["mean_tokens"] for r in picked], [r[metric] for r in picked],
