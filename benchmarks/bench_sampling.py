@@ -18,13 +18,24 @@ Peak memory: CUDA max allocated; CPU peak RSS of the case's process (every case 
 subprocess of this script, peak RSS = VmHWM) and its growth over the RSS just before sampling.
 The script also checks that cached and uncached greedy decoding (top_k=1) give identical tokens.
 
+``--compile`` adds a compiled twin of every cached case (``generate(compile=...)``: the decode step under
+``torch.compile(fullgraph=True)``, with CUDA graphs on CUDA), whose row also gives the first call's time
+(compilation included) and whether its tokens equal the eager ones for the same seed. ``--sync-check`` runs,
+on CUDA, a whole decode loop (prefill, then every decode step, eager and compiled) under
+``torch.cuda.set_sync_debug_mode("error")``, so that any host sync raises, and counts the syncs of one whole
+``generate`` call (1 expected: its input check).
+
     OMP_NUM_THREADS=2 python benchmarks/bench_sampling.py --preset ar-tiny --dtype fp32 bf16 \
         --out benchmarks/results/sampling-cpu.json
+    python benchmarks/bench_sampling.py --device cuda --preset llama-abs-LP --dtype bf16 --batches 1 64 \
+        --cfg-scales 1.25 --workload off --no-uncached --compile --sync-check \
+        --out benchmarks/results/sampling-h200.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -37,6 +48,7 @@ import torch
 from common import machine, peak_rss_mb, rss_mb, sync
 
 import larp
+from larp.models import sampling
 from larp.models.generator import GENERATOR_PRESETS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -54,10 +66,11 @@ def build_model(preset: str, tokens: int | None, dtype: str, device: torch.devic
             raise ValueError(f"{preset} generates {config.max_seq_len} tokens; {tokens} asked for")
         config = dataclasses.replace(config, max_seq_len=tokens)
     torch.manual_seed(seed)
-    model = larp.LARPGenerator(config)
-    with torch.no_grad():  # non-degenerate logits (the fresh output head is all zeros)
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.02)
+    with torch.device(device):  # built where it runs: the 632M LP preset initialises in seconds on a GPU
+        model = larp.LARPGenerator(config)
+        with torch.no_grad():  # non-degenerate logits (the fresh output head is all zeros)
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.02)
     return model.eval().to(device=device, dtype=DTYPES[dtype])
 
 
@@ -75,13 +88,21 @@ def run_case(case: dict) -> dict:
     model = build_model(case["preset"], case["tokens"], case["dtype"], device)
     cond = _condition(model, case["batch"], device)
 
-    def sample():
+    compile_option = case.get("compile", False)
+
+    def sample(compile=compile_option):
         generator = torch.Generator(device=device).manual_seed(0)
         return model.generate(cond, cfg_scale=case["cfg_scale"], temperature=1.0, top_k=0, top_p=1.0,
-                              generator=generator, use_cache=case["use_cache"])
+                              generator=generator, use_cache=case["use_cache"], compile=compile)
 
-    for _ in range(case["warmup"]):
+    first_call_s = None
+    for index in range(case["warmup"]):
+        sync(device)
+        start = time.perf_counter()
         sample()
+        sync(device)
+        if index == 0:
+            first_call_s = time.perf_counter() - start
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -96,6 +117,7 @@ def run_case(case: dict) -> dict:
     seconds = statistics.median(times)
     n = model.config.max_seq_len
     row = {k: case[k] for k in ("name", "preset", "dtype", "batch", "cfg_scale", "use_cache")}
+    row["compile"] = compile_option
     row.update(
         tokens_per_sample=n,
         truncated_from=GENERATOR_PRESETS[case["preset"]].max_seq_len if n != GENERATOR_PRESETS[case["preset"]].max_seq_len else None,
@@ -113,7 +135,88 @@ def run_case(case: dict) -> dict:
         row["peak_rss_mb"] = round(peak, 1)
         row["peak_rss_growth_mb"] = round(max(peak - rss_before, 0.0), 1)
     row["sample_checksum"] = int(out.sum().item())
+    if compile_option:
+        row["first_call_s"] = None if first_call_s is None else round(first_call_s, 2)  # compilation included
+        eager = sample(compile=False)
+        row["tokens_equal_eager"] = bool(torch.equal(out, eager))
+        row["tokens_share_equal_eager"] = round((out == eager).float().mean().item(), 4)
     return row
+
+
+def sync_check(preset: str, tokens: int, dtype: str, device: torch.device, compile) -> dict:
+    """Host syncs of decoding on CUDA: a whole decode loop (the prefill, then every decode step, eager or
+    compiled) under ``torch.cuda.set_sync_debug_mode("error")``, where any sync raises; and the syncs of one
+    whole ``generate`` call under "warn" (1 expected: the input check). On CPU the loop runs without the mode."""
+    model = build_model(preset, tokens, dtype, device)
+    config, batch, scale = model.config, 2, 1.25 if model.config.has_null_class else 1.0
+    cond = _condition(model, batch, device)
+    options = dict(temperature=1.0, top_k=20, top_p=0.9)
+    result = {"preset": preset, "dtype": dtype, "batch": batch, "cfg_scale": scale, "tokens_per_sample": tokens,
+              "compile": compile}
+    seeded = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
+    expected = model.generate(cond, cfg_scale=scale, generator=seeded(), compile=compile, **options)  # compiles
+    model.generate(cond, cfg_scale=scale, generator=seeded(), compile=compile, **options)  # CUDA graph recorded
+    if device.type == "cuda":
+        import warnings
+
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.generate(cond, cfg_scale=scale, generator=seeded(), compile=compile, **options)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        result["generate_call_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
+
+    resolved = sampling._resolve_compile(compile, device)
+    step = sampling.decode_step if resolved is None else sampling.compiled_decode_step(resolved[1], resolved[0])
+    copies = 2 if scale != 1.0 else 1
+    rows = torch.cat([cond, torch.full_like(cond, config.null_class)]) if copies == 2 else cond
+    generator = seeded()
+
+    def noise() -> torch.Tensor:
+        return torch.empty(batch, config.output_size, device=device).exponential_(generator=generator)
+
+    guidance = scale if copies == 2 else None
+    debug = contextlib.nullcontext() if device.type != "cuda" else _sync_debug_error()
+    with torch.no_grad():
+        model.setup_cache(copies * batch, config.seq_len)
+        if resolved is not None and resolved[1] in ("reduce-overhead", "max-autotune"):
+            for tensor in model.cache_tensors():
+                torch._dynamo.mark_static_address(tensor)
+        try:
+            with debug:
+                prefix_len = config.cls_token_num
+                logits = sampling.prefill(model, model.embed_condition(rows), torch.arange(prefix_len, device=device))
+                out = [sampling._pick(logits, noise(), copies=copies, guidance=guidance, eow_cut=None, **options)]
+                position = torch.full((1,), prefix_len, device=device)
+                for _ in range(config.max_seq_len - 1):
+                    if resolved is not None:
+                        torch.compiler.cudagraph_mark_step_begin()
+                    token = step(model, out[-1], position, noise(), copies=copies, guidance=guidance, **options)
+                    out.append(token.clone() if resolved is not None else token)
+                    position += 1
+            # reached only when nothing raised; None: not checked (no sync debug mode off CUDA)
+            result["decode_loop_sync_free"] = True if device.type == "cuda" else None
+        except RuntimeError as error:
+            result["decode_loop_sync_free"] = False
+            result["error"] = str(error).splitlines()[0]
+        finally:
+            model.reset_cache()
+    if "error" not in result:
+        result["loop_tokens_equal_generate"] = bool(torch.equal(torch.stack(out, dim=1), expected))
+    if device.type != "cuda":
+        result["note"] = "torch.cuda.set_sync_debug_mode needs CUDA: the loop ran without it"
+    return result
+
+
+@contextlib.contextmanager
+def _sync_debug_error():
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def check_cache_equivalence(preset: str, tokens: int, dtype: str, device: torch.device) -> dict:
@@ -152,11 +255,21 @@ def grid(args) -> list[dict]:
                 for scale in scales:
                     common = {**base, "preset": preset, "dtype": dtype, "batch": batch, "cfg_scale": scale,
                               "warmup": args.warmup, "repeats": args.repeats}
-                    if not args.skip_full_cached and short != full:
+                    if not args.skip_full_cached and (short != full or args.no_uncached):
                         cases.append({**common, "name": "cached-full", "tokens": full, "use_cache": True})
-                    cases.append({**common, "name": "cached", "tokens": short, "use_cache": True})
-                    cases.append({**common, "name": "uncached", "tokens": short, "use_cache": False})
+                    if not args.no_uncached:
+                        cases.append({**common, "name": "cached", "tokens": short, "use_cache": True})
+                        cases.append({**common, "name": "uncached", "tokens": short, "use_cache": False})
+    if args.compile:  # a compiled twin of every cached case, warmed up at least once (the compilation)
+        twins = [{**case, "name": case["name"] + "-compiled", "compile": _compile_value(args.compile),
+                  "warmup": max(case["warmup"], 1)} for case in cases if case["use_cache"]]
+        cases += twins
     return cases
+
+
+def _compile_value(text: str):
+    """--compile's value -> generate's compile option: "true" -> True, else a mode or backend name."""
+    return True if text == "true" else text
 
 
 def run_in_subprocess(case: dict) -> dict:
@@ -180,7 +293,23 @@ def speedups(rows: list[dict]) -> list[dict]:
     return out
 
 
-def build_report(args, device, checks: list, rows: list, started: float) -> dict:
+def compiled_vs_eager(rows: list[dict]) -> list[dict]:
+    """Speed-up of each compiled case over its eager twin, and whether their tokens agree."""
+    out = []
+    for row in rows:
+        if not row.get("compile") or "seconds" not in row:
+            continue
+        key = ("preset", "dtype", "batch", "cfg_scale", "tokens_per_sample")
+        twin = [r for r in rows if not r.get("compile") and r.get("use_cache") and "seconds" in r
+                and all(r.get(k) == row.get(k) for k in key)]
+        if twin:
+            out.append({**{k: row[k] for k in key}, "eager_s": twin[0]["seconds"], "compiled_s": row["seconds"],
+                        "speedup": round(twin[0]["seconds"] / row["seconds"], 2),
+                        "first_call_s": row.get("first_call_s"), "tokens_equal_eager": row.get("tokens_equal_eager")})
+    return out
+
+
+def build_report(args, device, checks: list, rows: list, started: float, sync_checks: list | None = None) -> dict:
     """The JSON written to --out: rewritten after every case, so a stopped run keeps what it measured."""
     workload = [r for r in rows if r.get("name") == "design-workload" and "seconds" in r]
     return {
@@ -207,10 +336,12 @@ def build_report(args, device, checks: list, rows: list, started: float) -> dict
             for r in workload
         ],
         "cache_equivalence": checks,
+        "sync_checks": sync_checks or [],
+        "compiled_vs_eager": compiled_vs_eager(rows),
         "cache_speedups": speedups(rows),
         "results": rows,
         "total_wall_s": round(time.perf_counter() - started, 1),
-        "complete": len(rows) == len(grid(args)),
+        "complete": len(rows) == (0 if args.checks_only else len(grid(args))),
     }
 
 
@@ -234,6 +365,17 @@ def main() -> None:
     parser.add_argument("--workload", choices=["on", "off", "only"], default="on",
                         help="the DESIGN.md workload (llama-abs-S, 4 x 1024 tokens, CFG 1.25, cached, end to end)")
     parser.add_argument("--check-tokens", type=int, default=32, help="length of the cached/uncached equivalence check")
+    parser.add_argument("--no-uncached", action="store_true",
+                        help="only cached cases, at the preset's full length (no use_cache=False comparison)")
+    parser.add_argument("--compile", nargs="?", const="true", default=None, metavar="MODE",
+                        help="also time every cached case with the compiled decode step (generate(compile=...)): "
+                             "no value = True (inductor; CUDA graphs on CUDA), or an inductor mode "
+                             "('reduce-overhead', ...) or 'aot_eager'")
+    parser.add_argument("--checks-only", action="store_true",
+                        help="run the equivalence (and --sync-check) checks only, no timed grid")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="run the decode loop under torch.cuda.set_sync_debug_mode('error') (CUDA), eager and "
+                             "with --compile's option, on each --preset at --check-tokens tokens")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file to write")
@@ -250,14 +392,22 @@ def main() -> None:
         tokens = min(args.check_tokens, GENERATOR_PRESETS[preset].max_seq_len)
         checks.append(check_cache_equivalence(preset, tokens, "fp32", device))
         print(json.dumps(checks[-1]), flush=True)
+    sync_checks = []
+    if args.sync_check:
+        for preset in args.preset:
+            tokens = min(args.check_tokens, GENERATOR_PRESETS[preset].max_seq_len)
+            for compile in [False] + ([_compile_value(args.compile)] if args.compile else []):
+                sync_checks.append(sync_check(preset, tokens, args.dtype[0], device, compile))
+                print(json.dumps(sync_checks[-1]), flush=True)
     rows = []
-    for case in grid(args):
+    for case in [] if args.checks_only else grid(args):
         rows.append(run_in_subprocess(case))
         print(json.dumps(rows[-1]), flush=True)
         if args.out:
-            write_json(args.out, build_report(args, device, checks, rows, started))
-    report = build_report(args, device, checks, rows, started)
-    print(json.dumps({"design_workload": report["design_workload"], "cache_speedups": report["cache_speedups"]}, indent=1))
+            write_json(args.out, build_report(args, device, checks, rows, started, sync_checks))
+    report = build_report(args, device, checks, rows, started, sync_checks)
+    print(json.dumps({"design_workload": report["design_workload"], "cache_speedups": report["cache_speedups"],
+                      "compiled_vs_eager": report["compiled_vs_eager"]}, indent=1))
     if args.out:
         write_json(args.out, report)
 

@@ -222,6 +222,7 @@ def test_decoding_allocates_the_cache_in_the_compute_dtype(cc_model, monkeypatch
     assert not cc_model.has_cache and cc_model._causal_mask is None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (sync debug mode)")
 def test_cuda_decode_steps_never_sync(cc_model):
     """With a device generator, a whole generate call synchronises once (its input check), on CUDA."""

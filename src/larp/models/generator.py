@@ -470,6 +470,13 @@ class LARPGenerator(PretrainedMixin, nn.Module):
     def has_cache(self) -> bool:
         return self._caches is not None
 
+    def cache_tensors(self) -> list[torch.Tensor]:
+        """The KV cache's tensors (each layer's keys and values) and the causal mask: what a compiled decode
+        step reads and updates in place (``torch._dynamo.mark_static_address`` them for CUDA graphs)."""
+        if self._caches is None:
+            raise RuntimeError("no KV cache: call setup_cache(batch, max_len) first")
+        return [t for cache in self._caches for t in (cache.k, cache.v)] + [self._causal_mask]
+
     def forward_step(self, h: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """Run embeddings ``h`` (b, s, dim) at positions ``input_pos`` (s,) through the cache -> logits (b, s, V).
 
