@@ -276,7 +276,7 @@ def test_a_predictor_chooses_without_decoding(nested_tokenizer, windows, monkeyp
         adaptive_encode(nested_tokenizer, windows, target_psnr=30.0, predictor=predictor, candidates=[4, 32])
 
 
-def test_refusals(tiny_tokenizer, nested_tokenizer, windows, monkeypatch):
+def test_refusals(tiny_tokenizer, nested_tokenizer, windows, monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="not trained with nested dropout .* decodes prefixes"):
         adaptive_encode(tiny_tokenizer, windows, target_psnr=30.0)
     with pytest.raises(ValueError, match="not trained with nested dropout"):
@@ -292,7 +292,7 @@ def test_refusals(tiny_tokenizer, nested_tokenizer, windows, monkeypatch):
         adaptive_encode(nested_tokenizer, windows, mean_tokens=1)
     with pytest.raises(ValueError, match=r"increase strictly within \[1, 32\]"):
         adaptive_encode(nested_tokenizer, windows, target_psnr=30, candidates=[8, 4])
-    monkeypatch.setenv("LARP_LPIPS_WEIGHTS", "/nonexistent/lpips.safetensors")
+    monkeypatch.setenv("LARP_LPIPS_WEIGHTS", str(tmp_path / "absent" / "lpips.safetensors"))
     with pytest.raises(ValueError, match="an LPIPS target needs the LPIPS weights"):
         adaptive_encode(nested_tokenizer, windows, target_lpips=0.1)
 
