@@ -22,6 +22,7 @@ from larp.budget import (
     lengths_for_target,
     measure_quality,
     pad_past_lengths,
+    perceptual_quality,
     window_lengths_of,
 )
 from larp.evaluation.image_metrics import psnr
@@ -224,6 +225,49 @@ def test_measured_curves_are_the_psnr_of_each_prefix(nested_tokenizer, windows):
         assert torch.allclose(curves[:, c], expected.double(), atol=1e-4)
     mse = measure_quality(nested_tokenizer, windows, candidates, metric="mse", precision="fp32")
     assert torch.allclose(-10 * torch.log10(mse), curves, atol=1e-4)
+
+
+def test_feature_curves_are_the_squared_feature_distance_of_each_prefix(nested_tokenizer, windows):
+    candidates = [4, 16, 32]
+    mse = measure_quality(nested_tokenizer, windows, candidates, metric="mse", precision="fp32")
+    # the identity as the feature network: the squared distance is the summed squared error, MSE x pixels
+    pixels = windows[0].numel()
+    features = measure_quality(nested_tokenizer, windows, candidates, metric="features", precision="fp32",
+                               features=lambda clips: clips.flatten(1))
+    assert torch.allclose(features, mse * pixels, rtol=1e-4)
+    halved = measure_quality(nested_tokenizer, windows, candidates, metric="features", precision="fp32",
+                             features=lambda clips: clips.mean(dim=(2, 3, 4)))  # (n, 3): the mean colour only
+    ids = nested_tokenizer.encode(windows)
+    decoded = nested_tokenizer.decode(ids[:, :16], clamp=True)
+    expected = (decoded.mean(dim=(2, 3, 4)) - windows.mean(dim=(2, 3, 4))).pow(2).sum(dim=1)
+    assert torch.allclose(halved[:, 1], expected.double(), rtol=1e-4, atol=1e-9)
+    with pytest.raises(ValueError, match="features metric needs a feature network"):
+        measure_quality(nested_tokenizer, windows, candidates, metric="features")
+
+
+def test_perceptual_quality_adds_the_feature_distance_in_db_and_ignores_its_scale():
+    psnr_curves = torch.tensor([[10.0, 12.0, 12.5], [10.0, 10.1, 10.2], [9.0, 10.0, 11.0]])
+    # window 1 barely changes in pixels, but its features are far off at 1 token (a lost motion, say)
+    features = torch.tensor([[1.0, 1.0, 1.0], [100.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    assert torch.equal(perceptual_quality(psnr_curves, features, 0.0), psnr_curves.double())
+    combined = perceptual_quality(psnr_curves, features, 0.5)
+    assert torch.allclose(combined, (psnr_curves - 5 * torch.log10(features)).double())
+    candidates = [1, 2, 4]
+    # 5 tokens for 3 windows; by enumeration: pixels alone [2, 1, 2] (32.0 dB summed, next best 31.1), with
+    # the feature term [2, 2, 1] (31.1, next 30.1; [2, 1, 2] falls to 22.0)
+    pixel_only = allocate_mean_tokens(psnr_curves, candidates, 5 / 3, method="dp")
+    perceptual = allocate_mean_tokens(combined, candidates, 5 / 3, method="dp")
+    assert pixel_only.tolist() == [2, 1, 2] and perceptual.tolist() == [2, 2, 1]
+    # the feature scale shifts every curve by a constant: no allocation moves
+    for scale in (1e-3, 7.0, 1e4):
+        rescaled = allocate_mean_tokens(perceptual_quality(psnr_curves, features * scale, 0.5), candidates, 5 / 3)
+        assert torch.equal(rescaled, perceptual)
+    with pytest.raises(ValueError, match="one \\(W, C\\) shape"):
+        perceptual_quality(psnr_curves, features[:2], 0.5)
+    with pytest.raises(ValueError, match="feature weight must be a finite number >= 0"):
+        perceptual_quality(psnr_curves, features, -1.0)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        perceptual_quality(psnr_curves, -features, 0.5)
 
 
 def test_adaptive_encode_meets_a_target_with_fewer_tokens_on_easy_windows(nested_tokenizer, windows):

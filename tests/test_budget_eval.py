@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from larp.budget import allocate_mean_tokens, measure_quality
+from larp.budget import allocate_mean_tokens, measure_quality, perceptual_quality
 from larp.cli.main import main
 from larp.evaluation.budget import predictor_quality, rate_quality, score_lengths
 from larp.evaluation.detectors import ClassifierDetector
@@ -126,6 +126,28 @@ def test_the_floored_policy_is_the_allocation_with_a_floor_between_fixed_and_ada
         rate_quality(nested, videos, budgets=(16,), candidates=candidates, min_fraction=1.5)
 
 
+def test_the_perceptual_policy_allocates_over_psnr_plus_the_second_networks_feature_distance(nested, clips,
+                                                                                          detector):
+    videos, labels = clips
+    torch.manual_seed(5)
+    second = ClassifierDetector(_perturbed(VideoClassifier.from_preset("synthetic-32"), 5))
+    candidates = [8, 16, 24, 32]
+    result = rate_quality(nested, videos, budgets=(16,), labels=labels, candidates=candidates, detector=detector,
+                          feature_network=second, feature_weight=0.25, score_ssim=False)
+    rows = {r["policy"]: r for r in result["curves"]}
+    assert sorted(rows) == ["adaptive", "fixed", "perceptual"] and result["feature_weight"] == 0.25
+    psnr_curves = measure_quality(nested, videos, candidates, batch_size=64)
+    distances = measure_quality(nested, videos, candidates, metric="features", features=second.features)
+    lengths = allocate_mean_tokens(perceptual_quality(psnr_curves, distances, 0.25), candidates, 16)
+    column = torch.tensor([candidates.index(k) for k in lengths.tolist()])
+    assert rows["perceptual"]["mean_tokens"] == pytest.approx(lengths.double().mean().item())
+    assert rows["perceptual"]["psnr"] == pytest.approx(psnr_curves[torch.arange(len(videos)), column].mean().item(),
+                                                       abs=1e-4)
+    # the PSNR-optimal allocation is at least as good in PSNR; the perceptual one trades some of it
+    assert rows["perceptual"]["psnr"] <= rows["adaptive"]["psnr"] + 1e-6
+    assert "fvd" in rows["perceptual"] and "class_accuracy" in rows["perceptual"]
+
+
 def test_score_lengths_fvd_and_accuracy_are_the_detectors(nested, clips, detector):
     videos, labels = clips
     from larp.budget import decode_prefixes
@@ -162,16 +184,18 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     out = tmp_path / "eval" / "b.json"
     assert main(["-q", "evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--num-samples", "6",
                  "--budgets", "8,32", "--candidate-step", "8", "--targets", "12", "--min-fraction", "0.5",
-                 "--detector", str(tmp_path / "det"), "--no-ssim",
+                 "--detector", str(tmp_path / "det"), "--perceptual-detector", str(tmp_path / "det"), "--no-ssim",
                  "--device", "cpu", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     record = json.loads(out.read_text())
     assert record["clips"] == 6 and record["lpips"].startswith("no LPIPS column") and "no LPIPS column" in printed
     assert [(r["policy"], r["budget"]) for r in record["curves"]] == [
-        ("fixed", 8), ("adaptive", 8), ("floored", 8), ("fixed", 32), ("adaptive", 32), ("floored", 32)]
+        ("fixed", 8), ("adaptive", 8), ("perceptual", 8), ("floored", 8),
+        ("fixed", 32), ("adaptive", 32), ("perceptual", 32), ("floored", 32)]
+    assert record["feature_weight"] == 0.25 and record["perceptual_detector"]["kind"]
     # --min-fraction 0.5: K = 8 floors at the smallest candidate 8 (every window at 8, as fixed); K = 32 at 16
     assert [r["min_tokens"] for r in record["curves"] if r["policy"] == "floored"] == [8, 16]
-    assert record["curves"][2]["psnr"] == pytest.approx(record["curves"][0]["psnr"], abs=1e-6)
+    assert record["curves"][3]["psnr"] == pytest.approx(record["curves"][0]["psnr"], abs=1e-6)
     assert record["min_fraction"] == 0.5
     assert all("lpips" not in r and "ssim" not in r and "fvd" in r for r in record["curves"])
     assert sorted(record["plots"]) == ["class_accuracy", "fvd", "psnr"]
@@ -184,4 +208,4 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     assert "--budgets 64" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--min-fraction", "2"])
-    assert "--min-fraction: expected a number in (0, 1], e.g. 0.5; got '2'" in capsys.readouterr().err
+    assert "--min-fraction: expected a number in (0, 1], got '2'" in capsys.readouterr().err

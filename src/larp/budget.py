@@ -15,6 +15,12 @@ This module chooses ``k`` per window from a set of *candidate* lengths (:func:`c
   the summed quality is the largest (:func:`allocate_mean_tokens` on the measured curves, every candidate
   decoded once per window: :func:`measure_quality`).
 
+A pixel metric is not what a viewer (or a feature-based Fréchet distance) sees: the PSNR-optimal allocation
+may leave a window with a prefix so short that its motion is lost while the summed PSNR is best.
+:func:`perceptual_quality` adds a feature term to the PSNR curves (``metric="features"``: the squared distance
+between a feature network's embeddings of the decoded prefix and of the window, in dB), and
+:func:`allocate_mean_tokens` shares a budget over that combined curve like over any other.
+
 With a ``predictor`` (an object with ``candidates``, ``metric`` and ``predict(tokenizer, windows) -> (b, C)``,
 e.g. :class:`larp.models.length_predictor.LengthPredictor`) the curves are predicted and nothing is decoded.
 
@@ -59,6 +65,7 @@ __all__ = [
     "lengths_for_target",
     "measure_quality",
     "pad_past_lengths",
+    "perceptual_quality",
     "require_nested_dropout",
     "resolve_policy",
     "search_lengths",
@@ -66,9 +73,15 @@ __all__ = [
 ]
 
 PAD_ID = -1
-#: Quality metrics of a decoded prefix against its window: name -> whether higher is better.
-HIGHER_IS_BETTER = {"psnr": True, "mse": False, "lpips": False}
+#: Quality metrics of a decoded prefix against its window: name -> whether higher is better. ``features``: the
+#: squared L2 distance between a feature network's embeddings of the decoded prefix and of the window.
+HIGHER_IS_BETTER = {"psnr": True, "mse": False, "lpips": False, "features": False}
 METRICS = tuple(HIGHER_IS_BETTER)
+#: Default weight of the feature term of :func:`perceptual_quality` (dB of feature distance per dB of PSNR),
+#: chosen on held-out clips other than the ones reported (README, "Adaptive token budgets").
+DEFAULT_FEATURE_WEIGHT = 0.25
+#: Feature distances below this count as this (a prefix whose features equal the window's is not infinitely good).
+FEATURE_DISTANCE_FLOOR = 1e-12
 #: Exact allocation (dynamic programming) when windows x budget units x candidates is at most this.
 DP_MAX_CELLS = 30_000_000
 
@@ -168,11 +181,16 @@ def decode_prefixes(tokenizer: LARPTokenizer, ids: torch.Tensor, lengths: torch.
 class _Scorer:
     """Quality (n,) float64 of decoded clips against their references, in a metric's units."""
 
-    def __init__(self, metric: str, device: torch.device, lpips: Any = None):
+    def __init__(self, metric: str, device: torch.device, lpips: Any = None,
+                 features: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if metric not in HIGHER_IS_BETTER:
             raise ValueError(f"unknown quality metric {metric!r}; expected one of {', '.join(METRICS)}")
+        if metric == "features" and features is None:
+            raise ValueError("the features metric needs a feature network: features=callable((n, 3, T, S, S) in "
+                             "[0, 1]) -> (n, D), e.g. a detector's .features")
         self.metric = metric
         self.lpips = None
+        self.features = features
         if metric == "lpips":
             if lpips is None:
                 from larp.losses.perceptual import load_lpips
@@ -188,6 +206,9 @@ class _Scorer:
             return psnr(reference, estimate).double()
         if self.metric == "mse":
             return (reference.double() - estimate.double()).pow(2).flatten(1).mean(dim=1).clamp_min(MSE_FLOOR)
+        if self.metric == "features":
+            real, fake = self.features(reference.float()), self.features(estimate.float())
+            return (fake.double() - real.double()).pow(2).flatten(1).sum(dim=1)
         return self.lpips.forward_video(estimate.float(), reference.float(), reduction="none").double().mean(dim=1)
 
 
@@ -195,7 +216,8 @@ class _PrefixMeasurer:
     """Encodes a batch of windows once; measures the quality of any (window, prefix length) pairs in batches."""
 
     def __init__(self, tokenizer: LARPTokenizer, windows: torch.Tensor, *, metric: str, ids: torch.Tensor | None,
-                 batch_size: int, precision: str, lpips: Any = None):
+                 batch_size: int, precision: str, lpips: Any = None,
+                 features: Callable[[torch.Tensor], torch.Tensor] | None = None):
         require_nested_dropout(tokenizer)
         self.tokenizer, self.precision, self.batch_size = tokenizer, precision, batch_size
         self.windows = windows.to(tokenizer.device)
@@ -204,7 +226,7 @@ class _PrefixMeasurer:
                 ids = tokenizer.encode(self.windows)
         self.ids = ids.to(tokenizer.device, torch.long)
         self.frames = int(windows.shape[2])
-        self.score = _Scorer(metric, tokenizer.device, lpips)
+        self.score = _Scorer(metric, tokenizer.device, lpips, features)
         self.decodes = 0  # prefixes decoded so far (for tests and reports)
 
     @torch.no_grad()
@@ -230,18 +252,21 @@ def _check_batch(windows: torch.Tensor, batch_size: int) -> None:
 
 def measure_quality(tokenizer: LARPTokenizer, windows: torch.Tensor, candidates: Sequence[int] | None = None, *,
                     metric: str = "psnr", ids: torch.Tensor | None = None, batch_size: int = 16,
-                    precision: str = "auto", lpips: Any = None) -> torch.Tensor:
+                    precision: str = "auto", lpips: Any = None,
+                    features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The rate-quality curve of every window: (b, C) float64, the quality of decoding each candidate prefix.
 
     ``windows`` (b, 3, T, S, S) in [0, 1] are encoded once (or ``ids`` (b, N) given); the ``b x C`` prefixes
-    are decoded ``batch_size`` at a time. ``metric``: ``psnr`` (dB), ``mse`` or ``lpips`` (needs the LPIPS
-    weights, found by :func:`larp.losses.perceptual.resolve_lpips_weights`, or an ``lpips`` module).
+    are decoded ``batch_size`` at a time. ``metric``: ``psnr`` (dB), ``mse``, ``lpips`` (needs the LPIPS
+    weights, found by :func:`larp.losses.perceptual.resolve_lpips_weights`, or an ``lpips`` module) or
+    ``features`` (the squared distance of ``features(prefix)`` from ``features(window)``: ``features`` maps
+    (n, 3, T, S, S) clips in [0, 1] to (n, D) embeddings, e.g. a detector's ``features`` method).
     """
     _check_batch(windows, batch_size)
     candidates = _check_candidates(candidates or candidate_lengths(tokenizer.config.num_tokens),
                                    tokenizer.config.num_tokens)
     measure = _PrefixMeasurer(tokenizer, windows, metric=metric, ids=ids, batch_size=batch_size,
-                              precision=precision, lpips=lpips)
+                              precision=precision, lpips=lpips, features=features)
     b, c = windows.shape[0], len(candidates)
     window = torch.arange(b).repeat_interleave(c)
     length = torch.tensor(candidates).repeat(b)
@@ -342,6 +367,30 @@ def floor_length(mean_tokens: float, candidates: Sequence[int], fraction: float)
         raise ValueError("candidate lengths must be a non-empty list of integers")
     below = [c for c in candidates if c <= fraction * float(mean_tokens) + 1e-9]
     return below[-1] if below else candidates[0]
+
+
+def perceptual_quality(psnr_curves: torch.Tensor | np.ndarray, feature_curves: torch.Tensor | np.ndarray,
+                       weight: float = DEFAULT_FEATURE_WEIGHT) -> torch.Tensor:
+    """PSNR plus a feature term in dB, per window and candidate: what a perceptual allocation maximises.
+
+    ``psnr_curves`` and ``feature_curves`` are (W, C) from :func:`measure_quality` with ``metric="psnr"`` and
+    ``metric="features"``. The result is ``psnr - weight x 10 log10(feature distance)`` (W, C), higher is
+    better: give it to :func:`allocate_mean_tokens` (``metric="psnr"``). Like PSNR, the feature term is a log
+    of an error, so a gain means the same at every quality level, and the scale of the features does not
+    matter (it shifts each window's curve by a constant, which moves no allocation); only ``weight`` does.
+    With the feature network of another model than the one a Fréchet distance is measured with (a second
+    detector, LPIPS), this spends the tokens where the content is *seen* to change, not only where pixels do.
+    """
+    psnr_curves = torch.as_tensor(psnr_curves, dtype=torch.float64)
+    feature_curves = torch.as_tensor(feature_curves, dtype=torch.float64)
+    if psnr_curves.shape != feature_curves.shape or psnr_curves.ndim != 2:
+        raise ValueError(f"expected PSNR and feature curves of one (W, C) shape, got {tuple(psnr_curves.shape)} "
+                         f"and {tuple(feature_curves.shape)}")
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"the feature weight must be a finite number >= 0, got {weight}")
+    if bool((feature_curves < 0).any()) or not bool(torch.isfinite(feature_curves).all()):
+        raise ValueError("feature distances must be finite and >= 0")
+    return psnr_curves - weight * 10 * torch.log10(feature_curves.clamp_min(FEATURE_DISTANCE_FLOOR))
 
 
 def allocate_mean_tokens(curves: torch.Tensor | np.ndarray, candidates: Sequence[int], mean_tokens: float, *,

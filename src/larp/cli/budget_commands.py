@@ -12,7 +12,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from larp.cli.arguments import add_device_option, add_dtype_option, add_set_option, nonnegative_int, positive_int
+from larp.cli.arguments import (
+    add_device_option,
+    add_dtype_option,
+    add_set_option,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+    probability,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,16 +43,6 @@ def _float_list(text: str) -> tuple[float, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
     return values
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5; got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], e.g. 0.5; got {text!r}")
-    return value
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -85,7 +83,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="rate-quality curves: mean tokens per window vs PSNR, SSIM, LPIPS, FVD, fixed vs adaptive",
         description="For one nested-dropout tokenizer and a set of clips, score reconstructions at each mean token "
         "budget K: every window at K tokens (fixed) and the PSNR-optimal allocation of K tokens per window on "
-        "average (adaptive; with --predict, also the allocation from a length predictor's curves). Reports PSNR, "
+        "average (adaptive; with --predict, also the allocation from a length predictor's curves; with "
+        "--perceptual-detector, the allocation of PSNR plus that network's feature distance). Reports PSNR, "
         "SSIM, LPIPS (when its weights are found), the detector's Fréchet distance and class accuracy, and for "
         "--targets the mean tokens a per-window PSNR target needs vs the smallest fixed length whose mean PSNR "
         "reaches it. Writes a JSON record and one plot per metric (with matplotlib).",
@@ -104,9 +103,16 @@ def register(commands: argparse._SubParsersAction) -> None:
                           help="candidate lengths step (default N/16, or the --predict predictor's candidates)")
     evaluate.add_argument("--predict", metavar="DIR", help="a length predictor folder (larp train-budget): adds "
                           "the predicted allocation and its loss against the exact one")
-    evaluate.add_argument("--min-fraction", type=_fraction, metavar="F",
+    evaluate.add_argument("--min-fraction", type=probability, metavar="F",
                           help="also score the adaptive allocation with a floor (policy 'floored'): every window keeps "
                           "at least the largest candidate <= F x K tokens, e.g. 0.5")
+    evaluate.add_argument("--perceptual-detector", metavar="DETECTOR",
+                          help="also score the perceptual allocation (policy 'perceptual'): maximise PSNR plus this "
+                          "network's feature distance in dB (a VideoClassifier folder, a TorchScript .pt, ...; best "
+                          "another network than --detector, which measures the Fréchet distance)")
+    evaluate.add_argument("--perceptual-weight", type=nonnegative_float, metavar="W",
+                          help="dB of feature distance per dB of PSNR in the perceptual allocation (default "
+                          "larp.budget.DEFAULT_FEATURE_WEIGHT)")
     evaluate.add_argument("--detector", help="a VideoClassifier folder, 'synthetic', 'i3d', a TorchScript .pt, or "
                           "'none' (default: the protocol's)")
     evaluate.add_argument("--trust-detector", action="store_true",
@@ -211,7 +217,7 @@ def default_budgets(num_tokens: int) -> tuple[int, ...]:
 def run_evaluate_budget(args: argparse.Namespace) -> int:
     import torch
 
-    from larp.budget import candidate_lengths, require_nested_dropout
+    from larp.budget import DEFAULT_FEATURE_WEIGHT, candidate_lengths, require_nested_dropout
     from larp.cli.tokenizer_commands import load_tokenizer
     from larp.evaluation.budget import plot_rate_quality, rate_quality
     from larp.evaluation.clips import ClipSource, read_batch
@@ -253,6 +259,10 @@ def run_evaluate_budget(args: argparse.Namespace) -> int:
         except FileNotFoundError as error:
             lpips_note = f"no LPIPS column: {str(error).splitlines()[0]}"
             print(lpips_note)
+    perceptual = None
+    if args.perceptual_detector:
+        perceptual = resolve_detector(args.perceptual_detector, protocol, tokenizer.device, not args.quiet,
+                                      trust=args.trust_detector)
     predictor = None
     if args.predict:
         from larp.models.length_predictor import LengthPredictor
@@ -268,11 +278,14 @@ def run_evaluate_budget(args: argparse.Namespace) -> int:
     result = rate_quality(tokenizer, videos, budgets=budgets, labels=labels, candidates=candidates,
                           targets=args.targets, detector=detector, lpips=lpips, predictor=predictor,
                           batch_size=args.batch_size, precision=args.dtype, score_ssim=not args.no_ssim,
-                          min_fraction=args.min_fraction)
+                          min_fraction=args.min_fraction, feature_network=perceptual,
+                          feature_weight=DEFAULT_FEATURE_WEIGHT if args.perceptual_weight is None
+                          else args.perceptual_weight)
     out = Path(args.output)
     record = {"task": "budget", "protocol": protocol.to_dict(), "overrides": applied,
               "sources": {"tokenizer": args.tokenizer, "data": args.data, "predictor": args.predict},
-              "detector": detector.describe() if detector is not None else None, "lpips": lpips_note or "scored",
+              "detector": detector.describe() if detector is not None else None,
+              "perceptual_detector": perceptual.describe() if perceptual is not None else None, "lpips": lpips_note or "scored",
               "versions": {"larp": __version__, "torch": torch.__version__}, "device": str(tokenizer.device),
               **result}
     try:

@@ -10,7 +10,8 @@ For one nested-dropout tokenizer and a set of clips (windows):
   (:func:`larp.budget.allocate_mean_tokens`, *adaptive*), and, with a learned predictor, the allocation chosen
   from its predicted curves (*predicted*, no decoding); with ``min_fraction``, the same allocation with a floor
   (*floored*: every window at least the largest candidate <= ``min_fraction x K``,
-  :func:`larp.budget.floor_length`); and for PSNR targets, the mean tokens a per-window
+  :func:`larp.budget.floor_length`); with a second feature network, the allocation that maximises PSNR plus
+  that network's feature distance in dB (*perceptual*, :func:`larp.budget.perceptual_quality`); and for PSNR targets, the mean tokens a per-window
   target needs against the smallest fixed length whose mean PSNR reaches it.
 * :func:`predictor_quality` compares predicted curves with measured ones: the mean absolute error and the
   quality lost against the exact search (targets met, mean tokens, and mean quality of the allocation),
@@ -30,12 +31,14 @@ from typing import Any
 import torch
 
 from larp.budget import (
+    DEFAULT_FEATURE_WEIGHT,
     allocate_mean_tokens,
     candidate_lengths,
     decode_prefixes,
     floor_length,
     lengths_for_target,
     measure_quality,
+    perceptual_quality,
     require_nested_dropout,
 )
 from larp.evaluation.detectors import ClassifierDetector
@@ -179,7 +182,8 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
                  candidates: Sequence[int] | None = None, targets: Sequence[float] = (),
                  targets_at: Sequence[int] = (), detector=None, lpips=None,
                  predictor=None, batch_size: int = 64, precision: str = "auto", score_ssim: bool = True,
-                 min_fraction: float | None = None) -> dict[str, Any]:
+                 min_fraction: float | None = None, feature_network=None,
+                 feature_weight: float = DEFAULT_FEATURE_WEIGHT) -> dict[str, Any]:
     """Fixed vs adaptive token budgets on ``videos``: the rate-quality curves and the target comparison.
 
     Args:
@@ -200,6 +204,11 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
         min_fraction: adds the *floored* policy: the PSNR-optimal allocation of K tokens per window on average
             in which every window keeps at least ``floor_length(K, candidates, min_fraction)`` tokens (its row
             has ``min_tokens``). None: not scored.
+        feature_network: adds the *perceptual* policy: the allocation of K tokens per window on average that
+            maximises :func:`larp.budget.perceptual_quality` (PSNR plus ``feature_weight`` x the feature distance
+            of this network in dB). An object with ``features`` ((n, 3, t, h, w) in [0, 1] -> (n, D)), best
+            another network than ``detector`` (a second detector, LPIPS-like), so that the Fréchet distance
+            is not measured with the features the allocation optimised. None: not scored.
 
     Returns:
         {"candidates", "clips", "curves": [{"policy", "budget", "mean_tokens", "psnr", ...}], "targets": [...],
@@ -225,6 +234,11 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
             real_stats.update(detector.features(videos[start : start + batch_size]))
     common = dict(labels=labels, detector=detector, real_stats=real_stats, lpips=lpips, batch_size=batch_size,
                   precision=precision, score_ssim=score_ssim)
+    perceptual = None
+    if feature_network is not None:
+        distances = measure_quality(tokenizer, videos, candidates, metric="features", ids=ids,
+                                    batch_size=batch_size, precision=precision, features=feature_network.features)
+        perceptual = perceptual_quality(curves, distances, feature_weight)
     predicted = None
     if predictor is not None:
         if list(predictor.candidates) != candidates or predictor.metric != "psnr":
@@ -237,6 +251,8 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
                     "adaptive": allocate_mean_tokens(curves, candidates, int(budget))}
         if predicted is not None:
             policies["predicted"] = allocate_mean_tokens(predicted, candidates, int(budget))
+        if perceptual is not None:
+            policies["perceptual"] = allocate_mean_tokens(perceptual, candidates, int(budget))
         floor = None
         if min_fraction is not None:
             floor = floor_length(int(budget), candidates, min_fraction)
@@ -263,6 +279,8 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
                               "fixed_psnr_at_candidates": fixed_means.tolist()}
     if min_fraction is not None:
         result["min_fraction"] = float(min_fraction)
+    if perceptual is not None:
+        result["feature_weight"] = float(feature_weight)
     if predicted is not None:
         result["predictor"] = predictor_quality(curves, predicted, candidates, targets=targets, means=budgets)
     return result
@@ -278,14 +296,15 @@ def plot_rate_quality(folder: str | os.PathLike, result: dict[str, Any], *, pref
     folder = Path(folder)
     labels = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "fvd": "Fréchet distance (detector features)",
               "class_accuracy": "class accuracy"}
-    colors = {"fixed": "#1f77b4", "adaptive": "#d62728", "predicted": "#2ca02c", "floored": "#9467bd"}
+    colors = {"fixed": "#1f77b4", "adaptive": "#d62728", "predicted": "#2ca02c", "floored": "#9467bd",
+              "perceptual": "#ff7f0e"}
     rows = result["curves"]
     paths = {}
     for metric, label in labels.items():
         if not any(metric in row for row in rows):
             continue
         series = []
-        for policy in ("fixed", "adaptive", "floored", "predicted"):
+        for policy in colors:
             picked = [row for row in rows if row["policy"] == policy and metric in row]
             if picked:
                 series.append(Series(policy, [r["mean_tokens"] for r in picked], [r[metric] for r in picked],
