@@ -517,19 +517,21 @@ def _plots(folder: Path, table: dict[str, dict[str, Any]]) -> list[str]:
         return []
     folder.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    colors = {variant: f"C{i}" for i, variant in enumerate(table)}  # one colour per variant in every panel
     for variant, row in table.items():
         curve = row["nll.per_position"]
-        axes[0].plot(range(1, len(curve) + 1), curve, label=variant)
+        axes[0].plot(range(1, len(curve) + 1), curve, label=variant, color=colors[variant])
         ks = sorted(int(k) for k in row["prefix_psnr"])
         axes[1].errorbar(ks, [row["prefix_psnr"][str(k)]["mean"] for k in ks],
-                         yerr=[row["prefix_psnr"][str(k)]["std"] for k in ks], label=variant, capsize=2)
+                         yerr=[row["prefix_psnr"][str(k)]["std"] for k in ks], label=variant, capsize=2,
+                         color=colors[variant])
     axes[0].set(xlabel="token position", ylabel="held-out NLL (nats)", title="generator loss per position")
     axes[1].set(xlabel="tokens decoded (prefix)", ylabel="PSNR (dB)", title="prefix PSNR")
     names = list(table)
     for i, variant in enumerate(names):
         values = table[variant]["generation.fd"]["values"]
-        axes[2].scatter([i] * len(values), values, s=14)
-        axes[2].bar(i, table[variant]["generation.fd"]["mean"], alpha=0.35)
+        axes[2].scatter([i] * len(values), values, s=14, color=colors[variant])
+        axes[2].bar(i, table[variant]["generation.fd"]["mean"], alpha=0.35, color=colors[variant])
     axes[2].set_xticks(range(len(names)), names, rotation=20)
     axes[2].set(ylabel="Fréchet distance (detector)", title="generation FD (bars: mean; dots: seeds)")
     axes[0].legend(fontsize=8)
