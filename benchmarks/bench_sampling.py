@@ -2,7 +2,8 @@
 
 Workload (DESIGN.md performance targets): "generator preset S (12 layers, width 384), 4 class-conditional
 samples x 1024 tokens, CFG 1.25", timed end to end (one call of ``generate`` with the KV cache, no warm-up;
-the official loop took 107 s on a 2-core CPU, the target is <= 21 s). Plus a grid for each ``--preset``:
+the target is <= 21 s, 5x DESIGN.md's 107 s for the official loop, measured on another day: ``--official-src``
+below times both in one run). Plus a grid for each ``--preset``:
 batch 1 and 32, CFG 1.25 and off, with the KV cache and without (``use_cache=False`` recomputes the whole
 prefix at every token).
 
@@ -25,11 +26,24 @@ on CUDA, a whole decode loop (prefill, then every decode step, eager and compile
 ``torch.cuda.set_sync_debug_mode("error")``, so that any host sync raises, and counts the syncs of one whole
 ``generate`` call (1 expected: its input check).
 
+With the official sources (``--official-src DIR``, default ``$LARP_OFFICIAL_SRC``) the script instead runs
+larp and the official sampler in one process, alternating, on the same weights: the generator is saved in
+the official format and read back by the official ``LARP_AR.from_pretrained`` (every key checked to load
+exactly), and the official ``LARP_AR.sample`` (its ``ar/generate.py`` loop: prefill, then one token per
+step with its KV cache) is timed beside ``generate`` for each ``--official-cases`` case (``workload``: the
+DESIGN.md workload; ``batch32``: 32 samples x 256 tokens, CFG 1.25), fp32, temperature 1, no top-k/p, each
+call end to end without warm-up, the order swapped every repeat. Both samplers draw from the same
+distribution but with different random streams (the official ``torch.multinomial``, larp's exponential
+race), so their sampled ids differ; a greedy (top_k=1) run of each case's model at ``--check-tokens``
+tokens checks that the two give the same ids.
+
     OMP_NUM_THREADS=2 python benchmarks/bench_sampling.py --preset ar-tiny --dtype fp32 bf16 \
         --out benchmarks/results/sampling-cpu.json
     python benchmarks/bench_sampling.py --device cuda --preset llama-abs-LP --dtype bf16 --batches 1 64 \
         --cfg-scales 1.25 --workload off --no-uncached --compile --sync-check \
         --out benchmarks/results/sampling-h200.json
+    PYTHONPATH=/tmp/official_deps python benchmarks/bench_sampling.py --official-src /tmp/official_larp \
+        --official-cases workload batch32 --out benchmarks/results/sampling-vs-official-cpu.json
 """
 
 from __future__ import annotations
@@ -38,22 +52,27 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
-from common import machine, peak_rss_mb, rss_mb, sync
+from common import alternate, machine, peak_rss_mb, ratio_summary, rss_mb, sync
 
 import larp
+from larp.files import write_json_atomic
 from larp.models import sampling
 from larp.models.generator import GENERATOR_PRESETS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WORKLOAD = {"preset": "llama-abs-S", "batch": 4, "tokens": 1024, "cfg_scale": 1.25, "use_cache": True}
-OFFICIAL_WORKLOAD_S = 107.0  # DESIGN.md: the official loop, 2-core CPU, fp32
+OFFICIAL_WORKLOAD_S = 107.0  # DESIGN.md: the official loop, 2-core CPU, fp32, another day (--official-src: same run)
 TARGET_WORKLOAD_S = 21.0
 
 
@@ -236,6 +255,123 @@ def check_cache_equivalence(preset: str, tokens: int, dtype: str, device: torch.
     return result
 
 
+# ------------------------------------------------------------------------------------------ vs the official code
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+OFFICIAL_CASES = {
+    "workload": {"batch": 4, "tokens": 1024, "cfg_scale": 1.25},
+    "batch32": {"batch": 32, "tokens": 256, "cfg_scale": 1.25},
+}
+
+
+def load_official(src: str | os.PathLike):
+    """The official ``LARP_AR`` class (and the helper module) from a checkout of hywang66/LARP."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    import official_code
+
+    _, official_ar, _ = official_code.import_official(src)
+    return official_ar, official_code
+
+
+def official_sample(model, cond: torch.Tensor, *, cfg_scale: float, top_k: int = 0) -> torch.Tensor:
+    """The official sampler (``LARP_AR.sample``), its KV caches dropped afterwards (it leaves them attached)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # its per-step torch.backends.cuda.sdp_kernel context
+        ids = model.sample(cond, cfg_scale=cfg_scale, temperature=1.0, top_k=top_k, top_p=1.0)
+    model.reset_caches()
+    return ids.long()
+
+
+def compare_with_official(preset: str, name: str, case: dict, repeats: int, check_tokens: int, device: torch.device,
+                          official_ar, official_code, workdir: Path) -> dict:
+    """larp's ``generate`` and the official ``sample`` on the same weights, alternating, end to end."""
+    ours = build_model(preset, case["tokens"], "fp32", device)
+    theirs = official_code.official_copy(ours, official_ar, workdir / name).to(device)
+    cond = _condition(ours, case["batch"], device)
+    scale = case["cfg_scale"]
+
+    def run_ours():
+        generator = torch.Generator(device=device).manual_seed(0)
+        return ours.generate(cond, cfg_scale=scale, temperature=1.0, top_k=0, top_p=1.0, generator=generator)
+
+    def run_theirs():
+        torch.manual_seed(0)
+        return official_sample(theirs, cond, cfg_scale=scale)
+
+    usage = {side: [] for side in ("larp", "official")}
+
+    def with_usage(side, fn):  # CPU time in user and kernel mode, and page faults, of each call
+        def call():
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            fn()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            usage[side].append((after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                                after.ru_minflt - before.ru_minflt))
+        return call
+
+    times = alternate({"larp": with_usage("larp", run_ours), "official": with_usage("official", run_theirs)},
+                      device, repeats, warmup=0)
+    row = {"case": name, "preset": preset, **case, "dtype": "fp32", "repeats": repeats,
+           **ratio_summary(times["larp"], times["official"])}
+    for side, calls in usage.items():
+        row[f"{side}_cpu_user_s"] = [round(u, 2) for u, _, _ in calls]
+        row[f"{side}_cpu_sys_s"] = [round(k, 2) for _, k, _ in calls]
+        row[f"{side}_minor_page_faults"] = [f for _, _, f in calls]
+    generated = case["batch"] * case["tokens"]
+    row["larp_tokens_per_s"] = round(generated / row["larp_s"], 1)
+    row["official_tokens_per_s"] = round(generated / row["official_s"], 1)
+
+    # Greedy ids of both, on the same model truncated to check_tokens (the same first positions)
+    short = min(check_tokens, case["tokens"])
+    ours_short = build_model(preset, short, "fp32", device)
+    theirs_short = official_code.official_copy(ours_short, official_ar, workdir / f"{name}-greedy").to(device)
+    cond_short = cond[:2]
+    greedy_ours = ours_short.generate(cond_short, cfg_scale=scale, top_k=1)
+    greedy_theirs = official_sample(theirs_short, cond_short, cfg_scale=scale, top_k=1)
+    row["greedy_check"] = {"batch": 2, "tokens": short, "cfg_scale": scale,
+                           "ids_equal": bool(torch.equal(greedy_ours, greedy_theirs)),
+                           "share_equal": round((greedy_ours == greedy_theirs).float().mean().item(), 4)}
+    return row
+
+
+def official_report(args, device: torch.device) -> dict:
+    """The --official-src run: every --official-cases case, written to --out after each."""
+    official_ar, official_code = load_official(args.official_src)
+    started = time.perf_counter()
+    report = {
+        "benchmark": "generator sampling, larp vs the official sampler, alternating in one process",
+        "machine": machine(device),
+        "torch": torch.__version__,
+        "larp": larp.__version__,
+        "official": {"src": os.path.abspath(args.official_src), **official_code.versions()},
+        "command": "python benchmarks/bench_sampling.py " + " ".join(sys.argv[1:]),
+        "notes": [
+            "weights: larp's preset (max_seq_len truncated to the case's tokens), seeded, + N(0, 0.02^2) on every "
+            "parameter; saved in the official format and loaded by the official LARP_AR.from_pretrained (every "
+            "key exact)",
+            "larp: LARPGenerator.generate (KV cache, eager); official: LARP_AR.sample (ar/generate.py); fp32, "
+            "temperature 1, top_k 0, top_p 1, class-conditional with CFG (the batch doubled with the null class); "
+            "each call end to end, no warm-up, larp and official interleaved with the order swapped each repeat",
+            "tokens_per_s = batch * tokens / median seconds (CFG copies not counted)",
+            "greedy_check: top_k=1 ids of both samplers on the same model truncated to `tokens`, first 2 conditions",
+            "*_cpu_user_s / *_cpu_sys_s / *_minor_page_faults: getrusage deltas of each timed call (this process, "
+            "all threads), in call order",
+        ],
+        "results": [],
+    }
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.official_cases:
+            row = compare_with_official(WORKLOAD["preset"], name, OFFICIAL_CASES[name], args.official_repeats,
+                                        args.check_tokens, device, official_ar, official_code, Path(workdir))
+            report["results"].append(row)
+            print(json.dumps(row), flush=True)
+            report["total_wall_s"] = round(time.perf_counter() - started, 1)
+            report["load_average_at_end"] = os.getloadavg()
+            if args.out:
+                write_json_atomic(args.out, report)
+    return report
+
+
 # ------------------------------------------------------------------------------------------ driver
 def grid(args) -> list[dict]:
     cases = []
@@ -345,12 +481,7 @@ def build_report(args, device, checks: list, rows: list, started: float, sync_ch
     }
 
 
-def write_json(path: str, report: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
-
-
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", nargs="+", default=["llama-abs-S"], choices=sorted(GENERATOR_PRESETS),
                         help="presets of the batch/CFG/cache grid")
@@ -379,10 +510,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="JSON file to write")
+    parser.add_argument("--official-src", default=os.environ.get("LARP_OFFICIAL_SRC"),
+                        help="checkout of the official LARP code: run larp and the official sampler alternately "
+                             "instead of the grid (default: $LARP_OFFICIAL_SRC; absent: larp only)")
+    parser.add_argument("--official-cases", nargs="+", default=["workload"], choices=sorted(OFFICIAL_CASES),
+                        help="cases of the --official-src run (workload: 4 x 1024, CFG 1.25; "
+                             "batch32: 32 x 256, CFG 1.25)")
+    parser.add_argument("--official-repeats", type=int, default=2,
+                        help="timed calls per side in the --official-src run")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.case is not None:
         print(json.dumps(run_case(json.loads(args.case))))
+        return
+    if args.official_src:
+        official_report(args, torch.device(args.device))
         return
 
     device = torch.device(args.device)
@@ -404,12 +546,12 @@ def main() -> None:
         rows.append(run_in_subprocess(case))
         print(json.dumps(rows[-1]), flush=True)
         if args.out:
-            write_json(args.out, build_report(args, device, checks, rows, started, sync_checks))
+            write_json_atomic(args.out, build_report(args, device, checks, rows, started, sync_checks))
     report = build_report(args, device, checks, rows, started, sync_checks)
     print(json.dumps({"design_workload": report["design_workload"], "cache_speedups": report["cache_speedups"],
                       "compiled_vs_eager": report["compiled_vs_eager"]}, indent=1))
     if args.out:
-        write_json(args.out, report)
+        write_json_atomic(args.out, report)
 
 
 if __name__ == "__main__":

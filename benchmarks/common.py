@@ -1,10 +1,12 @@
-"""What the benchmark scripts share: device sync, process memory, the machine record."""
+"""What the benchmark scripts share: device sync, process memory, the machine record, alternating timing."""
 
 from __future__ import annotations
 
 import os
 import platform
 import resource
+import statistics
+import time
 
 import torch
 
@@ -41,3 +43,38 @@ def machine(device: torch.device) -> dict:
         "load_average_at_start": os.getloadavg(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
+
+
+def alternate(fns: dict, device: torch.device, repeats: int, *, warmup: int = 1) -> dict[str, list[float]]:
+    """Time each of ``fns`` (name -> callable) ``repeats`` times, interleaved, after ``warmup`` calls each.
+
+    The order is reversed every other repeat (A B, B A, ...), so that a drift in the machine's load hits
+    every side alike: on a shared CPU the ratio of two sides timed this way is steadier than either time.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for index in range(repeats):
+        for name in names if index % 2 == 0 else names[::-1]:
+            sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio_summary(ours: list[float], theirs: list[float]) -> dict:
+    """Both medians, official/larp of the medians, and the median of the per-repeat ratios (each from two
+    adjacent calls); ``ours`` and ``theirs`` as :func:`alternate` returns them."""
+    return {
+        "larp_s": round(statistics.median(ours), 4),
+        "official_s": round(statistics.median(theirs), 4),
+        "ratio_official_over_larp": round(statistics.median(theirs) / statistics.median(ours), 3),
+        "median_pair_ratio": round(statistics.median(t / o for o, t in zip(ours, theirs)), 3),
+        "larp_all_s": [round(t, 4) for t in ours],
+        "official_all_s": [round(t, 4) for t in theirs],
+    }
+

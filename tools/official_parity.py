@@ -5,8 +5,8 @@ This is a local verification tool. It contains none of the official code: it imp
 modules (`models.larp_tokenizer`, `models.larp_ar`, ...) from a checkout given by `--official-src`
 (default: the `LARP_OFFICIAL_SRC` environment variable), which must never be copied into this repo.
 The official code also needs `timm==1.0.15` (LayerNorm eps 1e-5 in the ViT blocks, LARP.md A.4) and
-`easydict`; `torchvision`, `lpips`, ... may be stubs because only module imports need them. Put them on
-`PYTHONPATH`.
+`easydict` on `PYTHONPATH`; `torchvision`, `lpips`, ... are only imported, so tools/official_code.py (the
+loading helpers this tool shares with the benchmarks) replaces those that are not installed by stand-ins.
 
 For every named configuration below it
   1. builds the official model (seeded), adds N(0, 0.02^2) noise to *every* parameter, including the
@@ -45,6 +45,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from official_code import import_official, save_and_reload  # noqa: E402  (shared with the benchmarks)
 
 NOISE_STD = 0.02
 # Larger noise for the learned query table: with std-0.02 queries the random encoder maps every query to
@@ -236,54 +239,12 @@ AR_CASES: dict[str, ARCase] = {
 # --------------------------------------------------------------------------------------------
 
 
-def import_official(src: str):
-    """Import the official modules from `src` (a checkout of hywang66/LARP)."""
-    src = os.path.abspath(src)
-    if not os.path.isfile(os.path.join(src, "models", "larp_tokenizer.py")):
-        raise SystemExit(f"--official-src {src!r} does not contain models/larp_tokenizer.py")
-    sys.path.insert(0, src)
-    with contextlib.redirect_stdout(_io.StringIO()):
-        from models.larp_ar import LARP_AR, ModelArgs  # noqa: E402
-        from models.larp_tokenizer import LARPTokenizer  # noqa: E402
-    import timm
-
-    if timm.__version__ != "1.0.15":
-        print(f"WARNING: timm {timm.__version__} (expected 1.0.15; later versions change the ViT "
-              f"LayerNorm eps to 1e-6, LARP.md A.4)")
-    return LARPTokenizer, LARP_AR, ModelArgs
-
-
 @torch.no_grad()
 def perturb_parameters(model: torch.nn.Module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     for name, p in sorted(model.named_parameters()):
         std = NOISE_STD_OVERRIDES.get(name, NOISE_STD)
         p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
-
-
-def save_and_reload(model, cls, folder: Path):
-    """Official save_pretrained, then official from_pretrained with an exact-load check."""
-    from safetensors.torch import load_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
-    readme = folder / "README.md"  # model card written by the hub mixin; not part of the layout
-    if readme.exists():
-        readme.unlink()
-    with contextlib.redirect_stdout(_io.StringIO()):
-        reloaded = cls.from_pretrained(str(folder))
-    saved = load_file(str(folder / "model.safetensors"))
-    own = reloaded.state_dict()
-    missing = sorted(set(own) - set(saved))
-    unexpected = sorted(set(saved) - set(own))
-    if missing or unexpected:
-        raise RuntimeError(f"{folder.name}: missing {missing}, unexpected {unexpected}")
-    for k, v in saved.items():
-        if not torch.equal(own[k], v):
-            raise RuntimeError(f"{folder.name}: key {k} did not load exactly")
-    if set(saved) != set(model.state_dict()):
-        raise RuntimeError(f"{folder.name}: saved keys differ from the model's state_dict")
-    return reloaded, saved
 
 
 def top2_gap(scores: torch.Tensor) -> float:
