@@ -235,8 +235,15 @@ def test_feature_curves_are_the_squared_feature_distance_of_each_prefix(nested_t
     features = measure_quality(nested_tokenizer, windows, candidates, metric="features", precision="fp32",
                                features=lambda clips: clips.flatten(1))
     assert torch.allclose(features, mse * pixels, rtol=1e-4)
+    calls = []
+
+    def mean_colour(clips):  # (n, 3): the mean colour only
+        calls.append(len(clips))
+        return clips.mean(dim=(2, 3, 4))
+
     halved = measure_quality(nested_tokenizer, windows, candidates, metric="features", precision="fp32",
-                             features=lambda clips: clips.mean(dim=(2, 3, 4)))  # (n, 3): the mean colour only
+                             batch_size=5, features=mean_colour)
+    assert calls == [4, 5, 5, 2]  # the windows' features once, then the 12 decoded prefixes 5 at a time
     ids = nested_tokenizer.encode(windows)
     decoded = nested_tokenizer.decode(ids[:, :16], clamp=True)
     expected = (decoded.mean(dim=(2, 3, 4)) - windows.mean(dim=(2, 3, 4))).pow(2).sum(dim=1)

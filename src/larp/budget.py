@@ -201,14 +201,23 @@ class _Scorer:
                     raise ValueError(f"an LPIPS target needs the LPIPS weights: {error}") from None
             self.lpips = lpips.to(device).eval()
 
+    def reference(self, windows: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """What decoded clips are compared with, computed once per window: the windows themselves (pixel metrics,
+        LPIPS), or their (n, D) features (``features``)."""
+        if self.metric != "features":
+            return windows.float()
+        return torch.cat([self.features(windows[i : i + batch_size].float())
+                          for i in range(0, len(windows), batch_size)])
+
     def __call__(self, reference: torch.Tensor, estimate: torch.Tensor) -> torch.Tensor:
+        """Quality of ``estimate`` (n, 3, T, S, S) against ``reference`` (rows of :meth:`reference`)."""
         if self.metric == "psnr":
             return psnr(reference, estimate).double()
         if self.metric == "mse":
             return (reference.double() - estimate.double()).pow(2).flatten(1).mean(dim=1).clamp_min(MSE_FLOOR)
         if self.metric == "features":
-            real, fake = self.features(reference.float()), self.features(estimate.float())
-            return (fake.double() - real.double()).pow(2).flatten(1).sum(dim=1)
+            fake = self.features(estimate.float())
+            return (fake.double() - reference.double()).pow(2).flatten(1).sum(dim=1)
         return self.lpips.forward_video(estimate.float(), reference.float(), reduction="none").double().mean(dim=1)
 
 
@@ -227,6 +236,8 @@ class _PrefixMeasurer:
         self.ids = ids.to(tokenizer.device, torch.long)
         self.frames = int(windows.shape[2])
         self.score = _Scorer(metric, tokenizer.device, lpips, features)
+        with torch.no_grad():
+            self.references = self.score.reference(self.windows, batch_size)
         self.decodes = 0  # prefixes decoded so far (for tests and reports)
 
     @torch.no_grad()
@@ -237,7 +248,7 @@ class _PrefixMeasurer:
             w = window[first : first + self.batch_size].to(self.ids.device)
             k = length[first : first + self.batch_size].to(self.ids.device)
             video = decode_prefixes(self.tokenizer, self.ids[w], k, self.frames, self.precision)
-            out.append(self.score(self.windows[w].float(), video).cpu())
+            out.append(self.score(self.references[w], video).cpu())
             self.decodes += len(w)
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 

@@ -285,7 +285,8 @@ def run_evaluate_budget(args: argparse.Namespace) -> int:
     record = {"task": "budget", "protocol": protocol.to_dict(), "overrides": applied,
               "sources": {"tokenizer": args.tokenizer, "data": args.data, "predictor": args.predict},
               "detector": detector.describe() if detector is not None else None,
-              "perceptual_detector": perceptual.describe() if perceptual is not None else None, "lpips": lpips_note or "scored",
+              "perceptual_detector": perceptual.describe() if perceptual is not None else None,
+              "lpips": lpips_note or "scored",
               "versions": {"larp": __version__, "torch": torch.__version__}, "device": str(tokenizer.device),
               **result}
     try:

@@ -11,8 +11,8 @@ For one nested-dropout tokenizer and a set of clips (windows):
   from its predicted curves (*predicted*, no decoding); with ``min_fraction``, the same allocation with a floor
   (*floored*: every window at least the largest candidate <= ``min_fraction x K``,
   :func:`larp.budget.floor_length`); with a second feature network, the allocation that maximises PSNR plus
-  that network's feature distance in dB (*perceptual*, :func:`larp.budget.perceptual_quality`); and for PSNR targets, the mean tokens a per-window
-  target needs against the smallest fixed length whose mean PSNR reaches it.
+  that network's feature distance in dB (*perceptual*, :func:`larp.budget.perceptual_quality`); and for PSNR
+  targets, the mean tokens a per-window target needs against the smallest fixed length whose mean PSNR reaches it.
 * :func:`predictor_quality` compares predicted curves with measured ones: the mean absolute error and the
   quality lost against the exact search (targets met, mean tokens, and mean quality of the allocation),
   always scored on the *measured* curves.
