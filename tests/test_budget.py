@@ -271,10 +271,34 @@ def test_perceptual_quality_adds_the_feature_distance_in_db_and_ignores_its_scal
         assert torch.equal(rescaled, perceptual)
     with pytest.raises(ValueError, match="one \\(W, C\\) shape"):
         perceptual_quality(psnr_curves, features[:2], 0.5)
+    with pytest.raises(ValueError, match="one \\(W, C\\) shape"):
+        perceptual_quality(psnr_curves, [features, features[:2]], 0.5)
+    with pytest.raises(ValueError, match="at least one network"):
+        perceptual_quality(psnr_curves, [], 0.5)
     with pytest.raises(ValueError, match="feature weight must be a finite number >= 0"):
         perceptual_quality(psnr_curves, features, -1.0)
     with pytest.raises(ValueError, match="finite and >= 0"):
         perceptual_quality(psnr_curves, -features, 0.5)
+
+
+def test_perceptual_quality_of_several_networks_is_the_mean_of_their_decibels():
+    psnr_curves = torch.tensor([[10.0, 12.0, 12.5], [10.0, 10.1, 10.2], [9.0, 10.0, 11.0]])
+    first = torch.tensor([[1.0, 1.0, 1.0], [100.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    second = torch.tensor([[4.0, 2.0, 1.0], [1.0, 1.0, 1.0], [10.0, 1.0, 1.0]])
+    both = perceptual_quality(psnr_curves, [first, second], 0.5)
+    expected = psnr_curves.double() - 0.5 * 10 * (torch.log10(first.double()) + torch.log10(second.double())) / 2
+    assert torch.allclose(both, expected)
+    # one network given alone or as a list of one is the same curve
+    assert torch.allclose(perceptual_quality(psnr_curves, [first], 0.5), perceptual_quality(psnr_curves, first, 0.5))
+    # each network's scale is its own: rescaling one moves no allocation
+    rescaled = perceptual_quality(psnr_curves, [first * 1e3, second * 1e-2], 0.5)
+    for mean_tokens in (4 / 3, 5 / 3, 7 / 3):
+        assert torch.equal(allocate_mean_tokens(rescaled, [1, 2, 4], mean_tokens),
+                           allocate_mean_tokens(both, [1, 2, 4], mean_tokens))
+    # by enumeration at 5 tokens: the first network alone gives window 1 its second token ([2, 2, 1]); the
+    # second one sees window 2 far off at 1 token (10x its distance at 2) and window 0 only 2x: the pair moves
+    # window 0's second token to window 2 ([1, 2, 2], 28.6 summed against 27.8 for [2, 2, 1])
+    assert allocate_mean_tokens(both, [1, 2, 4], 5 / 3, method="dp").tolist() == [1, 2, 2]
 
 
 def test_adaptive_encode_meets_a_target_with_fewer_tokens_on_easy_windows(nested_tokenizer, windows):

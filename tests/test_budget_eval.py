@@ -146,6 +146,15 @@ def test_the_perceptual_policy_allocates_over_psnr_plus_the_second_networks_feat
     # the PSNR-optimal allocation is at least as good in PSNR; the perceptual one trades some of it
     assert rows["perceptual"]["psnr"] <= rows["adaptive"]["psnr"] + 1e-6
     assert "fvd" in rows["perceptual"] and "class_accuracy" in rows["perceptual"]
+    # several networks: the allocation over the mean of their feature terms
+    third = ClassifierDetector(_perturbed(VideoClassifier.from_preset("synthetic-32"), 6))
+    pair = rate_quality(nested, videos, budgets=(16,), candidates=candidates, feature_network=[second, third],
+                        feature_weight=2.0, score_ssim=False)
+    third_distances = measure_quality(nested, videos, candidates, metric="features", features=third.features)
+    lengths = allocate_mean_tokens(perceptual_quality(psnr_curves, [distances, third_distances], 2.0), candidates, 16)
+    column = torch.tensor([candidates.index(k) for k in lengths.tolist()])
+    row = next(r for r in pair["curves"] if r["policy"] == "perceptual")
+    assert row["psnr"] == pytest.approx(psnr_curves[torch.arange(len(videos)), column].mean().item(), abs=1e-4)
 
 
 def test_score_lengths_fvd_and_accuracy_are_the_detectors(nested, clips, detector):
@@ -184,7 +193,8 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     out = tmp_path / "eval" / "b.json"
     assert main(["-q", "evaluate-budget", "--tokenizer", str(tmp_path / "tok"), "--num-samples", "6",
                  "--budgets", "8,32", "--candidate-step", "8", "--targets", "12", "--min-fraction", "0.5",
-                 "--detector", str(tmp_path / "det"), "--perceptual-detector", str(tmp_path / "det"), "--no-ssim",
+                 "--detector", str(tmp_path / "det"), "--perceptual-detector", str(tmp_path / "det"),
+                 str(tmp_path / "det"), "--no-ssim",
                  "--device", "cpu", "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     record = json.loads(out.read_text())
@@ -192,7 +202,8 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     assert [(r["policy"], r["budget"]) for r in record["curves"]] == [
         ("fixed", 8), ("adaptive", 8), ("perceptual", 8), ("floored", 8),
         ("fixed", 32), ("adaptive", 32), ("perceptual", 32), ("floored", 32)]
-    assert record["feature_weight"] == 0.25 and record["perceptual_detector"]["kind"]
+    assert record["feature_weight"] == 0.25 and [d["kind"] for d in record["perceptual_detectors"]] == [
+        "video-classifier"] * 2
     # --min-fraction 0.5: K = 8 floors at the smallest candidate 8 (every window at 8, as fixed); K = 32 at 16
     assert [r["min_tokens"] for r in record["curves"] if r["policy"] == "floored"] == [8, 16]
     assert record["curves"][3]["psnr"] == pytest.approx(record["curves"][0]["psnr"], abs=1e-6)

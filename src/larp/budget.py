@@ -18,7 +18,8 @@ This module chooses ``k`` per window from a set of *candidate* lengths (:func:`c
 A pixel metric is not what a viewer (or a feature-based Fréchet distance) sees: the PSNR-optimal allocation
 may leave a window with a prefix so short that its motion is lost while the summed PSNR is best.
 :func:`perceptual_quality` adds a feature term to the PSNR curves (``metric="features"``: the squared distance
-between a feature network's embeddings of the decoded prefix and of the window, in dB), and
+between a feature network's embeddings of the decoded prefix and of the window, in dB, averaged over one or
+several networks), and
 :func:`allocate_mean_tokens` shares a budget over that combined curve like over any other.
 
 With a ``predictor`` (an object with ``candidates``, ``metric`` and ``predict(tokenizer, windows) -> (b, C)``,
@@ -380,28 +381,39 @@ def floor_length(mean_tokens: float, candidates: Sequence[int], fraction: float)
     return below[-1] if below else candidates[0]
 
 
-def perceptual_quality(psnr_curves: torch.Tensor | np.ndarray, feature_curves: torch.Tensor | np.ndarray,
+def perceptual_quality(psnr_curves: torch.Tensor | np.ndarray,
+                       feature_curves: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
                        weight: float = DEFAULT_FEATURE_WEIGHT) -> torch.Tensor:
     """PSNR plus a feature term in dB, per window and candidate: what a perceptual allocation maximises.
 
-    ``psnr_curves`` and ``feature_curves`` are (W, C) from :func:`measure_quality` with ``metric="psnr"`` and
-    ``metric="features"``. The result is ``psnr - weight x 10 log10(feature distance)`` (W, C), higher is
-    better: give it to :func:`allocate_mean_tokens` (``metric="psnr"``). Like PSNR, the feature term is a log
-    of an error, so a gain means the same at every quality level, and the scale of the features does not
-    matter (it shifts each window's curve by a constant, which moves no allocation); only ``weight`` does.
-    With the feature network of another model than the one a Fréchet distance is measured with (a second
-    detector, LPIPS), this spends the tokens where the content is *seen* to change, not only where pixels do.
+    ``psnr_curves`` is (W, C) from :func:`measure_quality` with ``metric="psnr"``; ``feature_curves`` is one
+    (W, C) curve from ``metric="features"`` or a sequence of them, one per feature network. The result is
+    ``psnr - weight x mean over the networks of 10 log10(feature distance)`` (W, C), higher is better: give it
+    to :func:`allocate_mean_tokens` (``metric="psnr"``). Like PSNR, each feature term is a log of an error, so a
+    gain means the same at every quality level, and the scale of a network's features does not matter (it
+    shifts each window's curve by a constant, which moves no allocation); only ``weight`` does.
+
+    With feature networks other than the one a Fréchet distance is measured with (second detectors, LPIPS),
+    this spends the tokens where the content is *seen* to change, not only where pixels do. Several
+    independently trained networks are better than one (measured in ``benchmarks/bench_perceptual_allocation.py``):
+    each weighs some directions of its feature space by the accident of its initialisation, and the mean keeps
+    what they share, the content.
     """
     psnr_curves = torch.as_tensor(psnr_curves, dtype=torch.float64)
-    feature_curves = torch.as_tensor(feature_curves, dtype=torch.float64)
-    if psnr_curves.shape != feature_curves.shape or psnr_curves.ndim != 2:
+    if isinstance(feature_curves, (torch.Tensor, np.ndarray)):
+        feature_curves = [feature_curves]
+    feature_curves = [torch.as_tensor(c, dtype=torch.float64) for c in feature_curves]
+    if not feature_curves:
+        raise ValueError("expected the feature curves of at least one network")
+    if psnr_curves.ndim != 2 or any(c.shape != psnr_curves.shape for c in feature_curves):
         raise ValueError(f"expected PSNR and feature curves of one (W, C) shape, got {tuple(psnr_curves.shape)} "
-                         f"and {tuple(feature_curves.shape)}")
+                         f"and {[tuple(c.shape) for c in feature_curves]}")
     if not math.isfinite(weight) or weight < 0:
         raise ValueError(f"the feature weight must be a finite number >= 0, got {weight}")
-    if bool((feature_curves < 0).any()) or not bool(torch.isfinite(feature_curves).all()):
+    if any(bool((c < 0).any()) or not bool(torch.isfinite(c).all()) for c in feature_curves):
         raise ValueError("feature distances must be finite and >= 0")
-    return psnr_curves - weight * 10 * torch.log10(feature_curves.clamp_min(FEATURE_DISTANCE_FLOOR))
+    decibels = torch.stack([10 * torch.log10(c.clamp_min(FEATURE_DISTANCE_FLOOR)) for c in feature_curves])
+    return psnr_curves - weight * decibels.mean(dim=0)
 
 
 def allocate_mean_tokens(curves: torch.Tensor | np.ndarray, candidates: Sequence[int], mean_tokens: float, *,

@@ -84,7 +84,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="For one nested-dropout tokenizer and a set of clips, score reconstructions at each mean token "
         "budget K: every window at K tokens (fixed) and the PSNR-optimal allocation of K tokens per window on "
         "average (adaptive; with --predict, also the allocation from a length predictor's curves; with "
-        "--perceptual-detector, the allocation of PSNR plus that network's feature distance). Reports PSNR, "
+        "--perceptual-detector, the allocation of PSNR plus those networks' feature distance). Reports PSNR, "
         "SSIM, LPIPS (when its weights are found), the detector's Fréchet distance and class accuracy, and for "
         "--targets the mean tokens a per-window PSNR target needs vs the smallest fixed length whose mean PSNR "
         "reaches it. Writes a JSON record and one plot per metric (with matplotlib).",
@@ -106,10 +106,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--min-fraction", type=probability, metavar="F",
                           help="also score the adaptive allocation with a floor (policy 'floored'): every window keeps "
                           "at least the largest candidate <= F x K tokens, e.g. 0.5")
-    evaluate.add_argument("--perceptual-detector", metavar="DETECTOR",
-                          help="also score the perceptual allocation (policy 'perceptual'): maximise PSNR plus this "
-                          "network's feature distance in dB (a VideoClassifier folder, a TorchScript .pt, ...; best "
-                          "another network than --detector, which measures the Fréchet distance)")
+    evaluate.add_argument("--perceptual-detector", metavar="DETECTOR", nargs="+",
+                          help="also score the perceptual allocation (policy 'perceptual'): maximise PSNR plus these "
+                          "networks' feature distance in dB, averaged over them (VideoClassifier folders, TorchScript "
+                          ".pt files, ...; best other networks than --detector, which measures the Fréchet distance; "
+                          "several independently trained ones are better than one)")
     evaluate.add_argument("--perceptual-weight", type=nonnegative_float, metavar="W",
                           help="dB of feature distance per dB of PSNR in the perceptual allocation (default "
                           "larp.budget.DEFAULT_FEATURE_WEIGHT)")
@@ -261,8 +262,8 @@ def run_evaluate_budget(args: argparse.Namespace) -> int:
             print(lpips_note)
     perceptual = None
     if args.perceptual_detector:
-        perceptual = resolve_detector(args.perceptual_detector, protocol, tokenizer.device, not args.quiet,
-                                      trust=args.trust_detector)
+        perceptual = [resolve_detector(name, protocol, tokenizer.device, not args.quiet, trust=args.trust_detector)
+                      for name in args.perceptual_detector]
     predictor = None
     if args.predict:
         from larp.models.length_predictor import LengthPredictor
@@ -285,7 +286,7 @@ def run_evaluate_budget(args: argparse.Namespace) -> int:
     record = {"task": "budget", "protocol": protocol.to_dict(), "overrides": applied,
               "sources": {"tokenizer": args.tokenizer, "data": args.data, "predictor": args.predict},
               "detector": detector.describe() if detector is not None else None,
-              "perceptual_detector": perceptual.describe() if perceptual is not None else None,
+              "perceptual_detectors": [network.describe() for network in perceptual] if perceptual else None,
               "lpips": lpips_note or "scored",
               "versions": {"larp": __version__, "torch": torch.__version__}, "device": str(tokenizer.device),
               **result}

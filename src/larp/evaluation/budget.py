@@ -10,8 +10,8 @@ For one nested-dropout tokenizer and a set of clips (windows):
   (:func:`larp.budget.allocate_mean_tokens`, *adaptive*), and, with a learned predictor, the allocation chosen
   from its predicted curves (*predicted*, no decoding); with ``min_fraction``, the same allocation with a floor
   (*floored*: every window at least the largest candidate <= ``min_fraction x K``,
-  :func:`larp.budget.floor_length`); with a second feature network, the allocation that maximises PSNR plus
-  that network's feature distance in dB (*perceptual*, :func:`larp.budget.perceptual_quality`); and for PSNR
+  :func:`larp.budget.floor_length`); with other feature networks, the allocation that maximises PSNR plus
+  their feature distance in dB (*perceptual*, :func:`larp.budget.perceptual_quality`); and for PSNR
   targets, the mean tokens a per-window target needs against the smallest fixed length whose mean PSNR reaches it.
 * :func:`predictor_quality` compares predicted curves with measured ones: the mean absolute error and the
   quality lost against the exact search (targets met, mean tokens, and mean quality of the allocation),
@@ -206,9 +206,10 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
             has ``min_tokens``). None: not scored.
         feature_network: adds the *perceptual* policy: the allocation of K tokens per window on average that
             maximises :func:`larp.budget.perceptual_quality` (PSNR plus ``feature_weight`` x the feature distance
-            of this network in dB). An object with ``features`` ((n, 3, t, h, w) in [0, 1] -> (n, D)), best
-            another network than ``detector`` (a second detector, LPIPS-like), so that the Fréchet distance
-            is not measured with the features the allocation optimised. None: not scored.
+            in dB, averaged over the networks). An object with ``features`` ((n, 3, t, h, w) in [0, 1] ->
+            (n, D)), or a sequence of them (several independently trained networks: better than one); best
+            other networks than ``detector`` (second detectors, LPIPS-like), so that the Fréchet distance is not
+            measured with the features the allocation optimised. None: not scored.
 
     Returns:
         {"candidates", "clips", "curves": [{"policy", "budget", "mean_tokens", "psnr", ...}], "targets": [...],
@@ -236,8 +237,10 @@ def rate_quality(tokenizer, videos: torch.Tensor, *, budgets: Sequence[int], lab
                   precision=precision, score_ssim=score_ssim)
     perceptual = None
     if feature_network is not None:
-        distances = measure_quality(tokenizer, videos, candidates, metric="features", ids=ids,
-                                    batch_size=batch_size, precision=precision, features=feature_network.features)
+        networks = feature_network if isinstance(feature_network, (list, tuple)) else [feature_network]
+        distances = [measure_quality(tokenizer, videos, candidates, metric="features", ids=ids,
+                                     batch_size=batch_size, precision=precision, features=network.features)
+                     for network in networks]
         perceptual = perceptual_quality(curves, distances, feature_weight)
     predicted = None
     if predictor is not None:
