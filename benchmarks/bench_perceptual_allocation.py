@@ -135,8 +135,10 @@ def main() -> None:
     chosen = max(args.weights, key=lambda w: (len(won[w]), -w))
     report = score_set(tokenizer, detector, networks, args.report_offset, args.report_clips, args.budgets, [chosen],
                        reference=True)
-    def portable(description: dict) -> dict:  # the record names the models folder DEMO/models, not this machine's path
-        return {**description, "name": description["name"].replace(str(models), "DEMO/models")}
+    def portable(description: dict) -> dict:  # the record names DEMO/models and NETWORKS, not this machine's paths
+        name = description["name"].replace(str(folder), "NETWORKS" if args.networks_folder else
+                                           "DEMO/models/perceptual-detectors")
+        return {**description, "name": name.replace(str(models), "DEMO/models")}
 
     result = {
         "tokenizer": "DEMO/models/tokenizer", "detector": portable(detector.describe()),

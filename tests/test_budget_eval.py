@@ -202,7 +202,7 @@ def test_evaluate_budget_cli_writes_the_curves_plots_and_says_why_lpips_is_absen
     assert [(r["policy"], r["budget"]) for r in record["curves"]] == [
         ("fixed", 8), ("adaptive", 8), ("perceptual", 8), ("floored", 8),
         ("fixed", 32), ("adaptive", 32), ("perceptual", 32), ("floored", 32)]
-    assert record["feature_weight"] == 0.25 and [d["kind"] for d in record["perceptual_detectors"]] == [
+    assert record["feature_weight"] == 0.5 and [d["kind"] for d in record["perceptual_detectors"]] == [
         "video-classifier"] * 2
     # --min-fraction 0.5: K = 8 floors at the smallest candidate 8 (every window at 8, as fixed); K = 32 at 16
     assert [r["min_tokens"] for r in record["curves"] if r["policy"] == "floored"] == [8, 16]
