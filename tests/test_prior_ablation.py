@@ -130,6 +130,8 @@ def test_recipes_differ_by_the_variant_overrides_only(tmp_path):
     demo = config_to_dict(demo_plan(tmp_path).tokenizer)  # the full plan trains the demo's tokenizer recipe
     assert (full["steps"], full["batch_size"], full["prior"], full["codebook"], full["optim"], full["model"]) == (
         demo["steps"], demo["batch_size"], demo["prior"], demo["codebook"], demo["optim"], demo["model"])
+    # but the nested-dropout share the ablation was measured with, whatever the demo's is now
+    assert full["nested_dropout_prob"] == pa.ABLATION_NESTED_DROPOUT == 0.1 != demo["nested_dropout_prob"]
     plan = pa.ablation_plan("small")
     base_tok, base_gen = (config_to_dict(r) for r in pa.variant_recipes(plan, "prior", 3, tmp_path))
     assert base_tok["steps"] == 400 and base_tok["seed"] == 3 and base_gen["seed"] == 3
